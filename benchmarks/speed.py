@@ -1,0 +1,178 @@
+"""Speed of PA-RL per policy class: one full update, action optimization alone, policy sampling alone.
+
+    python benchmarks/speed.py [--device cpu|cuda] [--policy all] [--config default cpu] [--json out.json]
+
+Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
+  default  AgentConfig() as is = the spec defaults: N = 32 samples, top k = 10, T = 10 local steps,
+           critic ensemble E = 10 of (256, 256) LayerNorm MLPs, scalar head, Cal-QL.
+  cpu      the same except OptimizerConfig(num_samples=8, top_k=4, local_steps=2) and
+           CriticConfig(ensemble_size=2).
+
+Rows, on random Meta-World-sized data (obs 39, action 4 in [-1, 1]) with B = --batch-size states:
+  update    agent.update(batch, distill=True): action optimization on s and s' (2B states in one
+            call), the Cal-QL critic step, the Polyak update and one distillation step.
+  optimize  agent.optimize_actions(obs) on B states (sampling + top-k + T gradient steps).
+  sample    B × N policy samples (pa_rl.optimize.sample_actions: eval mode, no autograd).
+Times are medians over --repeats calls after --warmup calls. FLOPs are counted by
+torch.utils.flop_counter.FlopCounterMode over one call (forward and backward); it counts matmuls
+(mm/addmm/bmm/baddbmm) and known attention kernels, not elementwise ops or norms, and not the CPU
+attention kernel (a few positions here: negligible). "of mm" = achieved GFLOP/s / the GFLOP/s of an
+fp32 2048 × 2048 matmul timed in the same process just before that row (so load drift shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pa_rl.agent import Agent, AgentConfig
+from pa_rl.buffer import Batch
+from pa_rl.optimize import sample_actions
+from pa_rl.policies import POLICIES, make_policy
+
+CONFIGS: dict[str, AgentConfig] = {
+    "default": AgentConfig(),
+    "cpu": replace(AgentConfig(), optimizer=replace(AgentConfig().optimizer, num_samples=8, top_k=4, local_steps=2),
+                   critic=replace(AgentConfig().critic, ensemble_size=2)),
+}
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _NoModuleTracking:
+    """FlopCounterMode's per-module tracker hooks break ``autograd.grad`` on leaf inputs (as in the
+    local steps; pytorch/pytorch#131753); only the global total is needed, so it is switched off."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> _NoModuleTracking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()  # type: ignore[assignment]
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device: torch.device, size: int = 2048) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size ** 3 / median_seconds(lambda: a @ b, device, warmup=3, repeats=10) / 1e9
+
+
+def random_batch(size: int, obs_dim: int, action_dim: int, device: torch.device) -> Batch:
+    return Batch(obs=torch.randn(size, obs_dim, device=device),
+                 actions=torch.rand(size, action_dim, device=device) * 2 - 1,
+                 rewards=-(torch.rand(size, device=device) < 0.9).float(),
+                 next_obs=torch.randn(size, obs_dim, device=device),
+                 terminals=(torch.rand(size, device=device) < 0.05).float(),
+                 mc_returns=-100 * torch.rand(size, device=device))
+
+
+def machine(device: torch.device) -> dict[str, str | int]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, str | int] = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                  "device": str(device), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, str | float]]:
+    """The three rows of one policy class, each next to a matmul baseline measured just before."""
+    torch.manual_seed(0)
+    cfg = CONFIGS[config_name]
+    low, high = -np.ones(args.action_dim, np.float32), np.ones(args.action_dim, np.float32)
+    agent = Agent(make_policy(name, args.obs_dim, low, high), args.obs_dim, low, high, cfg, device)
+    batch = random_batch(args.batch_size, args.obs_dim, args.action_dim, device)
+    calls: dict[str, Callable[[], object]] = {
+        "update": lambda: agent.update(batch, distill=True),
+        "optimize": lambda: agent.optimize_actions(batch.obs),
+        "sample": lambda: sample_actions(agent.policy, batch.obs, cfg.optimizer.num_samples),
+    }
+    rows = []
+    for step, fn in calls.items():
+        flops = count_flops(fn)
+        matmul = matmul_gflops(device)
+        seconds = median_seconds(fn, device, args.warmup, args.repeats)
+        rows.append({"config": config_name, "policy": name, "step": step, "ms": 1e3 * seconds, "per_s": 1 / seconds,
+                     "gflop": flops / 1e9, "gflop_s": flops / seconds / 1e9, "matmul_gflop_s": matmul,
+                     "of_matmul": flops / seconds / 1e9 / matmul})
+    return rows
+
+
+def markdown(rows: list[dict[str, str | float]]) -> str:
+    lines = ["| config | policy | step | ms | calls/s | GFLOP | GFLOP/s | matmul GFLOP/s | of mm |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['config']} | {r['policy']} | {r['step']} | {r['ms']:.1f} | {r['per_s']:.2f} | {r['gflop']:.2f} "
+              f"| {r['gflop_s']:.1f} | {r['matmul_gflop_s']:.1f} | {100 * r['of_matmul']:.0f} % |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--policy", choices=[*POLICIES, "all"], default="all")
+    parser.add_argument("--config", choices=list(CONFIGS), nargs="+", default=["default"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--obs-dim", type=int, default=39)
+    parser.add_argument("--action-dim", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="write machine info and rows to this path")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    info = machine(device)
+    print(" | ".join(f"{k}: {v}" for k, v in info.items()) + "\n", flush=True)
+    policies = list(POLICIES) if args.policy == "all" else [args.policy]
+    rows = []
+    for config_name in args.config:
+        for name in policies:
+            rows += bench_policy(name, config_name, args, device)
+            print(markdown(rows[-3:]).split("\n", 2)[2], flush=True)  # progress: this policy's rows
+    print("\n" + markdown(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Transitions in preallocated tensors, and the Monte-Carlo return lower bounds Cal-QL needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from pa_rl.data.episodes import Episode
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor  # [B, obs_dim]
+    actions: torch.Tensor  # [B, action_dim]
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, obs_dim]
+    terminals: torch.Tensor  # [B] float, 1 where no bootstrapping
+    mc_returns: torch.Tensor  # [B]
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @staticmethod
+    def cat(batches: Sequence[Batch]) -> Batch:
+        return Batch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Batch)))
+
+
+def monte_carlo_returns(rewards: np.ndarray, gamma: float, terminated: bool, floor_reward: float) -> np.ndarray:
+    """Discounted return-to-go of one episode, a lower bound on the behaviour policy's Q.
+
+    An episode cut by a time limit (not ``terminated``) continues past its end; its unseen tail is
+    bounded below by earning ``floor_reward`` (the data's smallest reward) forever, so the bound
+    stays a bound for negative rewards too (this is Cal-QL's r_min / (1 − γ) rule for failed
+    sparse-reward episodes, applied to the tail).
+    """
+    returns = np.empty(len(rewards), dtype=np.float64)
+    running = 0.0 if terminated else floor_reward / (1.0 - gamma)
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        returns[t] = running
+    return returns.astype(np.float32)
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions, allocated once at full capacity on one device.
+
+    Episodes are added whole, so the Monte-Carlo bound of each transition is known when it enters.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu") -> None:
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be ≥ 1, got {capacity}")
+        self.capacity, self.device = capacity, torch.device(device)
+        shapes = {"obs": (obs_dim,), "actions": (action_dim,), "rewards": (), "next_obs": (obs_dim,),
+                  "terminals": (), "mc_returns": ()}
+        self.storage = {name: torch.zeros(capacity, *shape, device=self.device) for name, shape in shapes.items()}
+        self.size = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add_episode(self, episode: Episode, gamma: float, floor_reward: float) -> None:
+        """Append one episode's transitions (the oldest are overwritten once full)."""
+        steps = len(episode)
+        if steps == 0:
+            return
+        mc = monte_carlo_returns(episode.rewards, gamma, bool(episode.terminations[-1]), floor_reward)
+        columns = {"obs": episode.observations[:-1], "actions": episode.actions, "rewards": episode.rewards,
+                   "next_obs": episode.observations[1:], "terminals": episode.terminations, "mc_returns": mc}
+        if steps > self.capacity:  # only the newest transitions would survive anyway
+            columns = {name: value[-self.capacity:] for name, value in columns.items()}
+            steps = self.capacity
+        index = ((self.position + torch.arange(steps)) % self.capacity).to(self.device)
+        for name, value in columns.items():
+            self.storage[name][index] = torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
+        self.position = (self.position + steps) % self.capacity
+        self.size = min(self.size + steps, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        index = torch.randint(0, self.size, (batch_size,), generator=generator).to(self.device)
+        return Batch(**{name: tensor[index] for name, tensor in self.storage.items()})
+
+    @classmethod
+    def from_episodes(cls, episodes: Sequence[Episode], gamma: float, capacity: int | None = None,
+                      device: str | torch.device = "cpu", floor_reward: float | None = None) -> ReplayBuffer:
+        """A buffer holding ``episodes`` (capacity defaults to their total length)."""
+        if not episodes or sum(len(e) for e in episodes) == 0:
+            raise ValueError("no transitions: the episode list is empty")
+        obs_dim, action_dim = episodes[0].observations.shape[1], episodes[0].actions.shape[1]
+        total = sum(len(e) for e in episodes)
+        buffer = cls(capacity or total, obs_dim, action_dim, device)
+        floor = min(float(e.rewards.min()) for e in episodes if len(e)) if floor_reward is None else floor_reward
+        for episode in episodes:
+            buffer.add_episode(episode, gamma, floor)
+        return buffer

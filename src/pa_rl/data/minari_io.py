@@ -1,0 +1,375 @@
+"""Reading any Minari dataset into :class:`Episode` lists, and writing our generated datasets.
+
+Minari lays a dataset out as ``<root>/<namespace>/<name>-v<N>/data/{metadata.json, main_data.hdf5}``
+where ``<root>`` is ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``). Everything here
+works offline: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import minari
+import numpy as np
+from gymnasium.envs.registration import EnvSpec
+from minari.data_collector.episode_buffer import EpisodeBuffer
+from minari.dataset.minari_dataset import parse_dataset_id
+from minari.storage.datasets_root_dir import get_dataset_path
+
+from pa_rl.data.episodes import Episode
+
+__all__ = ["DataError", "LoadedDataset", "load_dataset", "write_dataset", "datasets_root"]
+
+ACTION_BOUND_TOLERANCE = 1e-6
+
+
+class DataError(ValueError):
+    """A dataset cannot be used as given; the message says what is wrong and how to fix it."""
+
+
+def datasets_root() -> Path:
+    """Minari's local dataset root: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``."""
+    return Path(get_dataset_path())
+
+
+@dataclass
+class LoadedDataset:
+    """A validated dataset in our in-memory form, plus a handle to recover its environment.
+
+    Observations are flat float32 vectors. Dict observations are flattened with
+    ``gymnasium.spaces.flatten`` semantics: sub-spaces are concatenated in the Dict space's key
+    order (gymnasium sorts plain-dict keys alphabetically; nested Dicts recurse in place), each
+    sub-array raveled in C order. This is exactly the layout that
+    ``gymnasium.wrappers.FlattenObservation`` produces on the recovered env.
+    """
+
+    dataset_id: str
+    episodes: list[Episode]
+    observation_dim: int
+    action_low: np.ndarray
+    action_high: np.ndarray
+    path: str
+    _minari: minari.MinariDataset = field(repr=False)
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action_low.shape[0])
+
+    @property
+    def num_transitions(self) -> int:
+        return sum(len(ep) for ep in self.episodes)
+
+    def episode_successes(self) -> np.ndarray | None:
+        """Per-episode bool: did ``infos["success"]`` ever hold? None if not recorded."""
+        successes = []
+        for ep in self._minari.iterate_episodes():
+            if not isinstance(ep.infos, dict) or "success" not in ep.infos:
+                return None
+            successes.append(bool(np.any(ep.infos["success"])))
+        return np.array(successes)
+
+    def make_env(self, *, eval_env: bool = True, render_mode: str | None = None) -> gym.Env:
+        """Recover the dataset's environment (its evaluation env by default).
+
+        Falls back to the collection env when the dataset records no eval env. Dict observations
+        are wrapped in ``FlattenObservation`` so observations match ``episodes`` row for row.
+        """
+        kwargs = {} if render_mode is None else {"render_mode": render_mode}
+        try:
+            env = self._minari.recover_environment(eval_env=eval_env, **kwargs)
+        except (ValueError, ImportError, gym.error.Error) as e:
+            raise DataError(
+                f"Cannot recover the environment of dataset {self.dataset_id!r} ({self.path}): "
+                f"{e}. The dataset must record an env spec whose packages are installed "
+                "(for the built-in benchmarks: pip install 'pa-rl[envs]')."
+            ) from e
+        recorded = self._minari.observation_space
+        if isinstance(env.observation_space, gym.spaces.Dict):
+            if _layout(env.observation_space) != _layout(recorded):
+                env.close()
+                raise DataError(
+                    f"The recovered env's dict observation layout {_layout(env.observation_space)} "
+                    f"differs from the dataset's {_layout(recorded)} ({self.dataset_id!r}); the "
+                    "dataset was recorded with a different env version or wrappers."
+                )
+            env = gym.wrappers.FlattenObservation(env)
+        env_dim = gym.spaces.flatdim(env.observation_space)
+        if env_dim != self.observation_dim:
+            env.close()
+            raise DataError(
+                f"The recovered env of {self.dataset_id!r} has {env_dim}-d flat observations but "
+                f"the dataset has {self.observation_dim}-d ones; the recorded env spec does not "
+                "match the data (wrong env version, or wrappers missing from the spec)."
+            )
+        return env
+
+
+def load_dataset(
+    id_or_path: str, *, reward_scale: float = 1.0, reward_bias: float = 0.0
+) -> LoadedDataset:
+    """Load and validate a local Minari dataset by id or by directory.
+
+    ``id_or_path`` is either a directory (the dataset directory holding ``data/``, or ``data/``
+    itself) or a Minari dataset id resolved under :func:`datasets_root`. Rewards are transformed
+    as ``reward_scale * r + reward_bias``. Raises :class:`DataError` for anything that would
+    silently corrupt training: missing/unreadable data, non-Box actions, unsupported
+    observation spaces, empty data, non-finite values, actions outside the action bounds.
+    """
+    data_dir = _resolve_data_dir(id_or_path)
+    try:
+        dataset = minari.MinariDataset(str(data_dir))
+        observation_space = dataset.observation_space
+        action_space = dataset.action_space
+        dataset_id = dataset.id
+        minari_episodes = list(dataset.iterate_episodes())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as e:
+        raise DataError(
+            f"Dataset at {data_dir} is malformed or unreadable ({type(e).__name__}: {e}). "
+            "Delete it and regenerate it (pa-rl data make NAME) or re-download it with minari."
+        ) from e
+
+    if not isinstance(action_space, gym.spaces.Box):
+        raise DataError(
+            f"Dataset {dataset_id!r} has a {type(action_space).__name__} action space; pa-rl needs "
+            "continuous Box actions. Convert the actions to a Box (e.g. one-hot or embedded "
+            "vectors) and rewrite the dataset."
+        )
+    if len(action_space.shape) != 1:
+        raise DataError(
+            f"Dataset {dataset_id!r} has actions of shape {action_space.shape}; pa-rl needs 1-d "
+            "Box actions. Flatten the actions and rewrite the dataset."
+        )
+    _check_observation_space(observation_space, dataset_id)
+    observation_dim = gym.spaces.flatdim(observation_space)
+    action_low = action_space.low.astype(np.float32)
+    action_high = action_space.high.astype(np.float32)
+
+    if not minari_episodes:
+        raise DataError(f"Dataset {dataset_id!r} ({data_dir}) has no episodes.")
+    episodes = []
+    for ep in minari_episodes:
+        episode = _convert_episode(ep, observation_space, action_space, dataset_id)
+        _check_episode(episode, ep.id, action_space, dataset_id)
+        if reward_scale != 1.0 or reward_bias != 0.0:
+            rewards = (reward_scale * episode.rewards + reward_bias).astype(np.float32)
+            episode = Episode(
+                episode.observations, episode.actions, rewards, episode.terminations,
+                episode.truncations,
+            )
+        episodes.append(episode)
+    if sum(len(ep) for ep in episodes) == 0:
+        raise DataError(f"Dataset {dataset_id!r} ({data_dir}) has zero transitions.")
+    return LoadedDataset(
+        dataset_id=dataset_id,
+        episodes=episodes,
+        observation_dim=observation_dim,
+        action_low=action_low,
+        action_high=action_high,
+        path=str(data_dir.parent),
+        _minari=dataset,
+    )
+
+
+def write_dataset(
+    dataset_id: str,
+    buffers: list[EpisodeBuffer],
+    *,
+    env_spec: EnvSpec,
+    eval_env_spec: EnvSpec,
+    observation_space: gym.spaces.Space,
+    action_space: gym.spaces.Space,
+    description: str,
+    algorithm_name: str,
+    requirements: list[str],
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write episode buffers as a Minari dataset under ``out_dir`` and return its directory.
+
+    Uses ``minari.create_dataset_from_buffers`` (no jax). The dataset is written into a hidden
+    temporary root next to the destination and renamed into place only once complete, so a crash
+    never leaves a partial dataset under a loadable id.
+    """
+    namespace = parse_dataset_id(dataset_id)[0]
+    root = Path(out_dir) if out_dir is not None else datasets_root()
+    final = root / dataset_id
+    if final.exists() and not overwrite:
+        raise DataError(
+            f"Dataset {dataset_id!r} already exists at {final}. Delete that directory, choose "
+            "another out_dir, or pass overwrite=True."
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=".pa-rl-tmp-", dir=root))
+    try:
+        with _minari_root(tmp_root), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`(code_permalink|author_email)` is set")
+            minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=env_spec,
+                eval_env=eval_env_spec,
+                observation_space=observation_space,
+                action_space=action_space,
+                algorithm_name=algorithm_name,
+                author="pa-rl",
+                description=description,
+                requirements=requirements,
+            )
+        if namespace is not None:
+            for part in range(1, len(namespace.split("/")) + 1):
+                ns = "/".join(namespace.split("/")[:part])
+                meta = root / ns / "namespace_metadata.json"
+                if not meta.exists():
+                    meta.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(tmp_root / ns / "namespace_metadata.json", meta)
+        if final.exists():
+            final.rename(tmp_root / "replaced")
+        (tmp_root / dataset_id).rename(final)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return str(final)
+
+
+@contextlib.contextmanager
+def _minari_root(path: Path) -> Iterator[None]:
+    """Point minari's dataset root at ``path`` for the duration (minari reads it from the env)."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def _resolve_data_dir(id_or_path: str) -> Path:
+    """Find the ``data/`` directory (the one holding ``metadata.json``) of a path or an id."""
+    looked = []
+    candidate = Path(id_or_path).expanduser()
+    if candidate.is_dir():
+        for data_dir in (candidate / "data", candidate):
+            if (data_dir / "metadata.json").is_file():
+                return data_dir
+        raise DataError(
+            f"{candidate} is a directory but holds no Minari dataset (expected "
+            f"{candidate / 'data' / 'metadata.json'}). Pass the dataset directory that contains "
+            "data/, or generate one with `pa-rl data make NAME`."
+        )
+    looked.append(str(candidate.resolve()))
+    try:
+        parse_dataset_id(id_or_path)
+        is_id = True
+    except ValueError:
+        is_id = False
+    if is_id:
+        data_dir = datasets_root() / id_or_path / "data"
+        if (data_dir / "metadata.json").is_file():
+            return data_dir
+        looked.append(f"{data_dir} (dataset id under MINARI_DATASETS_PATH={datasets_root()})")
+    raise DataError(
+        f"Dataset {id_or_path!r} not found; looked at: {'; '.join(looked)}. Generate a built-in "
+        "dataset with `pa-rl data make NAME` (see `pa-rl data list`), point MINARI_DATASETS_PATH "
+        "at the folder holding it, or pass the dataset directory. Nothing is downloaded "
+        "automatically; use `minari download ID` for remote Minari datasets."
+    )
+
+
+def _check_observation_space(space: gym.spaces.Space, dataset_id: str) -> None:
+    if isinstance(space, gym.spaces.Dict):
+        for sub in space.spaces.values():
+            _check_observation_space(sub, dataset_id)
+    elif not isinstance(space, gym.spaces.Box):
+        raise DataError(
+            f"Dataset {dataset_id!r} has a {type(space).__name__} observation (sub)space; pa-rl "
+            "supports Box observations or (nested) Dicts of Box. Convert it and rewrite the "
+            "dataset."
+        )
+
+
+def _layout(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    """(key path, shape) of each leaf in flatten order, to compare two Dict layouts."""
+    if isinstance(space, gym.spaces.Dict):
+        return [
+            item for key, sub in space.spaces.items() for item in _layout(sub, f"{prefix}/{key}")
+        ]
+    return [(prefix or "/", tuple(space.shape))]
+
+
+def _flatten_batch(space: gym.spaces.Space, data: object) -> np.ndarray:
+    """Batched ``gymnasium.spaces.flatten`` for Box / nested Dict of Box: [N, ...] -> [N, D]."""
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(data, dict) or set(data) != set(space.spaces):
+            raise DataError(
+                f"stored observation keys {sorted(data) if isinstance(data, dict) else type(data)} "
+                f"do not match the observation space keys {list(space.spaces)}"
+            )
+        return np.concatenate(
+            [_flatten_batch(sub, data[key]) for key, sub in space.spaces.items()], axis=1
+        )
+    array = np.asarray(data)
+    if array.shape[1:] != space.shape:
+        raise DataError(f"stored observations of shape {array.shape[1:]}, space says {space.shape}")
+    return array.reshape(len(array), -1).astype(np.float32)
+
+
+def _convert_episode(
+    ep: minari.EpisodeData,
+    observation_space: gym.spaces.Space,
+    action_space: gym.spaces.Box,
+    dataset_id: str,
+) -> Episode:
+    try:
+        observations = _flatten_batch(observation_space, ep.observations)
+    except DataError as e:
+        raise DataError(f"Dataset {dataset_id!r}, episode {ep.id}: {e}.") from None
+    actions = np.asarray(ep.actions, dtype=np.float32).reshape(-1, *action_space.shape)
+    rewards = np.asarray(ep.rewards, dtype=np.float32).reshape(-1)
+    terminations = np.asarray(ep.terminations, dtype=bool).reshape(-1)
+    truncations = np.asarray(ep.truncations, dtype=bool).reshape(-1)
+    steps = len(actions)
+    lengths = (len(rewards), len(terminations), len(truncations))
+    if len(observations) != steps + 1 or lengths != (steps,) * 3:
+        raise DataError(
+            f"Dataset {dataset_id!r}, episode {ep.id} is malformed: {len(observations)} "
+            f"observations, {steps} actions, {len(rewards)} rewards, {len(terminations)} "
+            f"terminations, {len(truncations)} truncations (Minari stores T+1 observations for "
+            "T steps)."
+        )
+    return Episode(observations, actions, rewards, terminations, truncations)
+
+
+def _check_episode(
+    episode: Episode, episode_id: int, action_space: gym.spaces.Box, dataset_id: str
+) -> None:
+    for name in ("observations", "actions", "rewards"):
+        values = getattr(episode, name)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(
+                f"Dataset {dataset_id!r}, episode {episode_id}: non-finite {name} "
+                f"(first at step {row}: {values[row]}). Clean or drop that episode and rewrite "
+                "the dataset."
+            )
+    low = action_space.low.astype(np.float64) - ACTION_BOUND_TOLERANCE
+    high = action_space.high.astype(np.float64) + ACTION_BOUND_TOLERANCE
+    outside = (episode.actions < low) | (episode.actions > high)
+    if outside.any():
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        raise DataError(
+            f"Dataset {dataset_id!r}, episode {episode_id}: action[{row}][{col}] = "
+            f"{episode.actions[row, col]} is outside the action space bounds "
+            f"[{action_space.low[col]}, {action_space.high[col]}]. Clip the actions to the bounds "
+            "(or record the correct action space) and rewrite the dataset."
+        )

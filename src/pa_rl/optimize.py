@@ -1,0 +1,139 @@
+"""Action optimization: the "PA-RL policy" π̂(s) built from any base policy and a critic.
+
+Sample N actions per state from the policy, keep the top-k by Q (global), take T steps of gradient
+ascent on Q with respect to each kept action (local), then choose one (argmax, or a softmax/uniform
+draw). T = 0 gives best-of-N re-ranking; k = N turns the global filter off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pa_rl.critic import QEnsemble
+
+ChooseMode = Literal["argmax", "softmax", "uniform"]
+
+
+@dataclass
+class OptimizerConfig:
+    """Defaults are the reference code's (N = 32, k = 10, T = 10, α = 3e-4, ensemble mean)."""
+
+    num_samples: int = 32
+    top_k: int = 10
+    local_steps: int = 10
+    step_size: float = 3e-4
+    objective: Literal["mean", "min"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.top_k < 1 or self.local_steps < 0 or self.step_size < 0:
+            raise ValueError(f"optimizer sizes must be positive (num_samples, top_k ≥ 1; local_steps, step_size ≥ 0): {self}")
+        if self.top_k > self.num_samples:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed num_samples ({self.num_samples})")
+
+
+@dataclass
+class Candidates:
+    """The k refined actions per state with their values under the critic."""
+
+    actions: torch.Tensor  # [B, k, A]
+    values: torch.Tensor  # [B, k], best value seen during the local steps
+    initial_values: torch.Tensor  # [B, k], before the local steps (for diagnostics)
+
+    def choose(self, mode: ChooseMode = "argmax", temperature: float = 1.0) -> torch.Tensor:
+        """One action per state: the best, a softmax(Q / temperature) draw, or a uniform draw."""
+        if mode == "argmax":
+            index = self.values.argmax(-1)
+        elif mode == "softmax":
+            index = torch.multinomial((self.values / temperature).softmax(-1), 1).squeeze(-1)
+        elif mode == "uniform":
+            index = torch.randint(0, self.values.shape[-1], self.values.shape[:1], device=self.values.device)
+        else:
+            raise ValueError(f"unknown choice mode {mode!r}; use 'argmax', 'softmax' or 'uniform'")
+        return self.actions[torch.arange(len(index), device=index.device), index]
+
+    def with_action(self, actions: torch.Tensor, values: torch.Tensor) -> Candidates:
+        """Replace each state's worst candidate by a given action (e.g. the data set's)."""
+        worst = self.values.argmin(-1, keepdim=True)
+        new_actions = self.actions.scatter(1, worst[..., None].expand(-1, -1, actions.shape[-1]), actions[:, None])
+        new_values = self.values.scatter(1, worst, values[:, None])
+        return Candidates(new_actions, new_values, self.initial_values)
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Switch dropout etc. off while sampling, then restore the module's mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def sample_actions(policy: nn.Module, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``policy.sample`` in eval mode without autograd, with its output checked against the contract."""
+    with torch.no_grad(), evaluating(policy):
+        actions = policy.sample(obs, num_samples)
+    if not isinstance(actions, torch.Tensor) or actions.dim() != 3 or actions.shape[:2] != (obs.shape[0], num_samples):
+        shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
+        raise TypeError(f"{type(policy).__name__}.sample(obs, {num_samples}) must return a tensor "
+                        f"[{obs.shape[0]}, {num_samples}, action_dim], got {shape}")
+    return actions
+
+
+class ActionOptimizer:
+    """π̂: global (top-k of N samples) then local (T clipped gradient-ascent steps) optimization."""
+
+    def __init__(self, config: OptimizerConfig, action_low: np.ndarray | torch.Tensor,
+                 action_high: np.ndarray | torch.Tensor) -> None:
+        self.config = config
+        self.low = torch.as_tensor(np.asarray(action_low), dtype=torch.float32)
+        self.high = torch.as_tensor(np.asarray(action_high), dtype=torch.float32)
+
+    def value(self, critic: QEnsemble, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The ensemble reduced as the optimizer sees it (mean or min over members)."""
+        q = critic(obs, actions)
+        return q.mean(0) if self.config.objective == "mean" else q.min(0).values
+
+    def __call__(self, policy: nn.Module, critic: QEnsemble, obs: torch.Tensor,
+                 samples: torch.Tensor | None = None) -> Candidates:
+        """Optimize actions for ``obs [B, D]``; ``samples [B, N, A]`` may be passed in (e.g. cached
+        draws of a frozen policy) instead of being drawn now."""
+        cfg = self.config
+        low, high = self.low.to(obs.device), self.high.to(obs.device)
+        if samples is None:
+            samples = sample_actions(policy, obs, cfg.num_samples)
+        samples = torch.maximum(torch.minimum(samples, high), low)
+        with torch.no_grad():
+            values = self.value(critic, obs, samples)  # [B, N]
+            if cfg.top_k < samples.shape[1]:
+                values, index = values.topk(cfg.top_k, dim=-1)
+                samples = samples.gather(1, index[..., None].expand(-1, -1, samples.shape[-1]))
+        best_actions, best_values, initial = samples, values, values
+
+        def keep_best(actions: torch.Tensor, values: torch.Tensor) -> None:
+            nonlocal best_actions, best_values
+            better = values > best_values
+            best_values = torch.where(better, values, best_values).detach()
+            best_actions = torch.where(better[..., None], actions, best_actions).detach()
+
+        actions = samples
+        for step in range(cfg.local_steps):
+            actions = actions.detach().requires_grad_(True)
+            with torch.enable_grad():
+                values = self.value(critic, obs, actions)
+                (grad,) = torch.autograd.grad(values.sum(), actions)
+            if step > 0:  # step 0 re-evaluates the top-k themselves
+                keep_best(actions, values)
+            actions = torch.maximum(torch.minimum(actions.detach() + cfg.step_size * grad, high), low)
+        if cfg.local_steps > 0:
+            with torch.no_grad():
+                keep_best(actions, self.value(critic, obs, actions))
+        return Candidates(best_actions.detach(), best_values.detach(), initial)

@@ -1,0 +1,142 @@
+"""Critic ensemble, Monte-Carlo bounds, replay buffer, and the objectives on MDPs with known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pa_rl import Agent, AgentConfig, CriticConfig, Episode, OptimizerConfig, QEnsemble, ReplayBuffer
+from pa_rl.buffer import monte_carlo_returns
+
+from helpers import UniformPolicy
+
+ONE = np.ones(1, np.float32)
+
+
+def test_ensemble_members_are_independent_networks_in_one_pass() -> None:
+    critic = QEnsemble(3, 2, CriticConfig(ensemble_size=4, hidden_dims=(16, 16)))
+    obs, actions = torch.randn(10, 3), torch.randn(10, 5, 2)
+    q = critic(obs, actions)
+    assert q.shape == (4, 10, 5)
+    # Member 2 computed by hand from its own slice of the stacked weights.
+    x = torch.cat([obs[:, None].expand(-1, 5, -1), actions], -1)
+    for layer in critic.net:
+        if hasattr(layer, "weight") and layer.weight.dim() == 3 and layer.weight.shape[1] != 1:
+            x = x @ layer.weight[2] + layer.bias[2]
+        elif hasattr(layer, "weight"):
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:]) * layer.weight[2] + layer.bias[2]
+        else:
+            x = layer(x)
+    assert torch.allclose(q[2], x.squeeze(-1), atol=1e-5)
+    q[1].sum().backward()  # member 1's output depends on member 1's weights only
+    grads = critic.net[0].weight.grad
+    assert grads[1].abs().sum() > 0 and grads[0].abs().sum() == 0 and grads[3].abs().sum() == 0
+
+
+def test_distributional_head_two_hot_preserves_the_mean() -> None:
+    critic = QEnsemble(2, 1, CriticConfig(ensemble_size=2, distributional=True, num_bins=11, v_min=-1, v_max=1))
+    target = torch.tensor([-1.0, -0.33, 0.0, 0.77, 1.0, 5.0])
+    probs = critic.two_hot(target)
+    assert torch.allclose(probs.sum(-1), torch.ones(6))
+    assert torch.allclose(probs @ critic.support, target.clamp(-1, 1), atol=1e-6)
+
+
+def test_monte_carlo_returns_terminal_and_truncated() -> None:
+    rewards = np.array([0.0, 0.0, 1.0], np.float32)
+    assert np.allclose(monte_carlo_returns(rewards, 0.5, terminated=True, floor_reward=0.0), [0.25, 0.5, 1.0])
+    # Truncated with −1 rewards: the unseen tail is bounded by −1 forever, −1/(1 − γ) = −2 at γ = 0.5.
+    minus = -np.ones(2, np.float32)
+    assert np.allclose(monte_carlo_returns(minus, 0.5, terminated=False, floor_reward=-1.0), [-2.0, -2.0])
+    assert np.allclose(monte_carlo_returns(minus, 0.5, terminated=True, floor_reward=-1.0), [-1.5, -1.0])
+
+
+def test_replay_buffer_ring_and_sampling() -> None:
+    def episode(length: int, start: float) -> Episode:
+        obs = np.arange(start, start + length + 1, dtype=np.float32)[:, None]
+        return Episode(obs, np.zeros((length, 1), np.float32), np.ones(length, np.float32),
+                       np.eye(1, length, length - 1, dtype=bool)[0], np.zeros(length, bool))
+
+    buffer = ReplayBuffer(5, 1, 1)
+    buffer.add_episode(episode(3, 0.0), gamma=0.9, floor_reward=0.0)
+    assert len(buffer) == 3 and torch.allclose(buffer.storage["mc_returns"][:3], torch.tensor([2.71, 1.9, 1.0]))
+    buffer.add_episode(episode(4, 10.0), gamma=0.9, floor_reward=0.0)  # wraps around, oldest overwritten
+    assert len(buffer) == 5
+    assert sorted(buffer.storage["obs"].flatten().tolist()) == [2.0, 10.0, 11.0, 12.0, 13.0]
+    batch = buffer.sample(64, torch.Generator().manual_seed(0))
+    assert batch.obs.shape == (64, 1) and torch.equal(batch.next_obs, batch.obs + 1)
+
+
+def chain_episodes(count: int, rng: np.random.Generator) -> list[Episode]:
+    """Two-step chain: s0 → s1 → end. r(s0, a) = −|a|, r(s1, a) = 1 − a². With γ = 0.9:
+    Q(s1, a) = 1 − a², Q(s0, a) = −|a| + 0.9."""
+    episodes = []
+    for _ in range(count):
+        a = rng.uniform(-1, 1, size=(2, 1)).astype(np.float32)
+        obs = np.array([[1, 0], [0, 1], [0, 0]], np.float32)
+        rewards = np.array([-abs(a[0, 0]), 1 - a[1, 0] ** 2], np.float32)
+        episodes.append(Episode(obs, a, rewards, np.array([False, True]), np.array([False, False])))
+    return episodes
+
+
+def fit(agent: Agent, buffer: ReplayBuffer, steps: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        agent.update(buffer.sample(128, generator))
+
+
+@pytest.mark.parametrize("distributional", [False, True])
+def test_q_learning_with_optimized_actions_recovers_the_true_q(distributional: bool) -> None:
+    critic = CriticConfig(ensemble_size=2, hidden_dims=(64, 64), distributional=distributional, num_bins=41,
+                          v_min=-2.0, v_max=2.0)
+    config = AgentConfig(objective="cql", cql_alpha=0.0, gamma=0.9, critic_lr=1e-3, critic=critic,
+                         optimizer=OptimizerConfig(num_samples=16, top_k=4, local_steps=3, step_size=0.05))
+    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+    fit(agent, ReplayBuffer.from_episodes(chain_episodes(500, np.random.default_rng(0)), gamma=0.9), 1500)
+    a = torch.linspace(-0.9, 0.9, 7)[:, None]
+    with torch.no_grad():
+        q1 = agent.critic(torch.tensor([[0.0, 1.0]]).expand(7, 2), a).mean(0)
+        q0 = agent.critic(torch.tensor([[1.0, 0.0]]).expand(7, 2), a).mean(0)
+    assert torch.allclose(q1, 1 - a[:, 0] ** 2, atol=0.1), q1
+    assert torch.allclose(q0, 0.9 - a[:, 0].abs(), atol=0.1), q0
+
+
+def test_iql_value_is_the_expectile_of_q() -> None:
+    config = AgentConfig(objective="iql", expectile=0.7, gamma=0.9, critic_lr=1e-3,
+                         critic=CriticConfig(ensemble_size=2, hidden_dims=(64, 64)))
+    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+    fit(agent, ReplayBuffer.from_episodes(chain_episodes(500, np.random.default_rng(0)), gamma=0.9), 2000)
+    # The 0.7-expectile of 1 − a², a ~ U[-1, 1], solved numerically.
+    q = 1 - np.random.default_rng(1).uniform(-1, 1, 200_000) ** 2
+    v = q.mean()
+    for _ in range(100):
+        w = np.where(q > v, 0.7, 0.3)
+        v = (w * q).sum() / w.sum()
+    with torch.no_grad():
+        learned = agent.value(torch.tensor([[0.0, 1.0]]))[0, 0].item()
+    assert abs(learned - v) < 0.05, (learned, v)
+
+
+def test_calql_keeps_policy_values_above_the_monte_carlo_bound_where_cql_does_not() -> None:
+    """One-step episodes, r = 1 − a², from a mediocre behaviour (a ≈ 0.6, return ≈ 0.63). With a strong
+    conservative weight CQL pushes Q(s, π̂(s)) far below the data's return; Cal-QL stops at the MC bound."""
+    rng = np.random.default_rng(0)
+    episodes = []
+    for _ in range(1000):
+        a = np.clip(rng.normal(0.6, 0.1, size=(1, 1)), -1, 1).astype(np.float32)
+        obs = rng.normal(size=(2, 2)).astype(np.float32)
+        episodes.append(Episode(obs, a, (1 - a[:, 0] ** 2).astype(np.float32), np.array([True]), np.array([False])))
+    buffer = ReplayBuffer.from_episodes(episodes, gamma=0.9)
+    policy_values = {}
+    for objective in ("cql", "calql"):
+        torch.manual_seed(0)
+        config = AgentConfig(objective=objective, cql_alpha=5.0, gamma=0.9, critic_lr=1e-3,
+                             critic=CriticConfig(ensemble_size=2, hidden_dims=(64, 64)),
+                             optimizer=OptimizerConfig(num_samples=16, top_k=4, local_steps=0))
+        agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+        fit(agent, buffer, 500)
+        batch = buffer.sample(512, torch.Generator().manual_seed(1))
+        policy_values[objective] = agent.optimize_actions(batch.obs).values.mean().item()
+    mc = buffer.storage["mc_returns"].mean().item()
+    assert policy_values["calql"] >= mc - 0.1, (policy_values, mc)
+    assert policy_values["cql"] < mc - 0.3, (policy_values, mc)
