@@ -57,9 +57,9 @@ def test_fitting_a_bimodal_distribution_reproduces_both_modes(name: str, request
     policy = build(name, low, high)
     modes = torch.tensor([[0.5, 0.5], [-0.5, -0.5]])
     optim = torch.optim.Adam(policy.parameters(), lr=2e-3)
-    for _ in range(500):
-        obs = torch.randn(128, OBS_DIM)
-        targets = modes[torch.randint(0, 2, (128,))] + 0.03 * torch.randn(128, 2)
+    for _ in range(800):
+        obs = torch.randn(256, OBS_DIM)
+        targets = modes[torch.randint(0, 2, (256,))] + 0.03 * torch.randn(256, 2)
         loss = policy.loss(obs, targets)
         optim.zero_grad()
         loss.backward()
