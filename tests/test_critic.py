@@ -140,3 +140,27 @@ def test_calql_keeps_policy_values_above_the_monte_carlo_bound_where_cql_does_no
     mc = buffer.storage["mc_returns"].mean().item()
     assert policy_values["calql"] >= mc - 0.1, (policy_values, mc)
     assert policy_values["cql"] < mc - 0.3, (policy_values, mc)
+
+
+def test_cached_policy_samples_replace_sampling_in_updates() -> None:
+    class CountingPolicy(UniformPolicy):
+        calls = 0
+
+        def sample(self, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
+            CountingPolicy.calls += 1
+            return super().sample(obs, num_samples)
+
+    config = AgentConfig(critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
+                         optimizer=OptimizerConfig(num_samples=6, top_k=3, local_steps=1))
+    agent = Agent(CountingPolicy(1), 2, -ONE, ONE, config)
+    buffer = ReplayBuffer.from_episodes(chain_episodes(50, np.random.default_rng(0)), gamma=0.9)
+    buffer.cache_policy_samples(agent.sample_policy, chunk=32)
+    assert buffer.policy_samples["policy_samples"].shape == (100, 6, 1)
+    calls = CountingPolicy.calls
+    batch = buffer.sample(16)
+    agent.update(batch, distill=True)
+    assert CountingPolicy.calls == calls  # no new draws: the cache served the update
+    with pytest.raises(RuntimeError, match="drop_policy_samples"):
+        buffer.add_episode(chain_episodes(1, np.random.default_rng(1))[0], 0.9, 0.0)
+    buffer.drop_policy_samples()
+    assert buffer.sample(4).policy_samples is None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+import tyro
 from torch import nn
 
 from pa_rl.buffer import Batch
@@ -21,7 +22,8 @@ ActMode = Literal["argmax", "softmax", "uniform", "policy"]
 class AgentConfig:
     """Defaults follow the PA-RL reference code (see shared/spec/algorithm.md)."""
 
-    objective: Literal["calql", "cql", "iql"] = "calql"
+    objective: Annotated[Literal["calql", "cql", "iql"],
+                         tyro.conf.arg(name="critic", prefix_name=False)] = "calql"  # critic objective
     gamma: float = 0.99
     tau: float = 0.005  # Polyak rate of the target critic
     critic_lr: float = 3e-4
@@ -78,13 +80,18 @@ class Agent(nn.Module):
         self.critic_optim = torch.optim.Adam(critic_params, lr=config.critic_lr)
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=config.bc_lr)
         self.action_optimizer = ActionOptimizer(config.optimizer, low, high)
-        self.register_buffer("action_low", torch.as_tensor(low))
-        self.register_buffer("action_high", torch.as_tensor(high))
+        self.register_buffer("action_low", torch.tensor(low))
+        self.register_buffer("action_high", torch.tensor(high))
         self.bc_steps_done = 0
 
     # ---- acting -------------------------------------------------------------------------------
-    def optimize_actions(self, obs: torch.Tensor) -> Candidates:
-        return self.action_optimizer(self.policy, self.critic, obs)
+    def optimize_actions(self, obs: torch.Tensor, samples: torch.Tensor | None = None) -> Candidates:
+        """π̂'s candidates at ``obs``; ``samples`` are cached policy draws to use instead of new ones."""
+        return self.action_optimizer(self.policy, self.critic, obs, samples)
+
+    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The optimizer's N draws of the base policy (what a sample cache stores)."""
+        return sample_actions(self.policy, obs, self.config.optimizer.num_samples)
 
     def act(self, obs: np.ndarray | torch.Tensor, mode: ActMode = "argmax") -> torch.Tensor:
         """Actions for a batch of observations: the PA-RL policy π̂ (``argmax``/``softmax``/
@@ -137,7 +144,10 @@ class Agent(nn.Module):
     def _cql_critic_step(self, batch: Batch) -> tuple[dict[str, float], Candidates]:
         cfg, size = self.config, len(batch)
         # π̂ on s and s' in one batched call: s' for the backup, both for the conservative term.
-        both = self.optimize_actions(torch.cat([batch.obs, batch.next_obs]))
+        cached = None
+        if batch.policy_samples is not None and batch.next_policy_samples is not None:
+            cached = torch.cat([batch.policy_samples, batch.next_policy_samples])
+        both = self.optimize_actions(torch.cat([batch.obs, batch.next_obs]), cached)
         current = Candidates(both.actions[:size], both.values[:size], both.initial_values[:size])
         next_actions = both.actions[size:]
         with torch.no_grad():
@@ -190,7 +200,7 @@ class Agent(nn.Module):
         """Fit the policy, with its own loss, to actions chosen from the optimized candidates."""
         cfg = self.config
         if candidates is None:
-            candidates = self.optimize_actions(batch.obs)
+            candidates = self.optimize_actions(batch.obs, batch.policy_samples)
         if cfg.distill_with_data_action:
             with torch.no_grad():
                 data_values = self.action_optimizer.value(self.critic, batch.obs, batch.actions)

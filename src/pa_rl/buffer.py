@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,13 +19,21 @@ class Batch:
     next_obs: torch.Tensor  # [B, obs_dim]
     terminals: torch.Tensor  # [B] float, 1 where no bootstrapping
     mc_returns: torch.Tensor  # [B]
+    # Draws of a frozen policy at obs and next_obs, [B, N, action_dim], when the buffer caches them.
+    policy_samples: torch.Tensor | None = None
+    next_policy_samples: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rewards)
 
     @staticmethod
     def cat(batches: Sequence[Batch]) -> Batch:
-        return Batch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Batch)))
+        """Concatenate; cached samples survive only if every part has them."""
+        columns = {}
+        for f in fields(Batch):
+            parts = [getattr(b, f.name) for b in batches]
+            columns[f.name] = None if any(p is None for p in parts) else torch.cat(parts)
+        return Batch(**columns)
 
 
 def monte_carlo_returns(rewards: np.ndarray, gamma: float, terminated: bool, floor_reward: float) -> np.ndarray:
@@ -59,12 +67,15 @@ class ReplayBuffer:
         self.storage = {name: torch.zeros(capacity, *shape, device=self.device) for name, shape in shapes.items()}
         self.size = 0
         self.position = 0
+        self.policy_samples: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return self.size
 
     def add_episode(self, episode: Episode, gamma: float, floor_reward: float) -> None:
         """Append one episode's transitions (the oldest are overwritten once full)."""
+        if self.policy_samples:
+            raise RuntimeError("drop_policy_samples() before adding data: the cached samples would be misaligned")
         steps = len(episode)
         if steps == 0:
             return
@@ -84,7 +95,29 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(0, self.size, (batch_size,), generator=generator).to(self.device)
-        return Batch(**{name: tensor[index] for name, tensor in self.storage.items()})
+        columns = {name: tensor[index] for name, tensor in (self.storage | self.policy_samples).items()}
+        return Batch(**columns)
+
+    def cache_policy_samples(self, sample: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096,
+                             progress: bool = False) -> None:
+        """Draw policy samples for every stored obs and next_obs once, and hand them out with each batch.
+
+        Valid only while the policy is frozen (the offline phase without distillation, as in the
+        reference code): it replaces the dominant cost of an update, sampling B×N actions twice.
+        Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
+        """
+        from tqdm.auto import tqdm
+
+        with tqdm(total=2 * self.size, desc="caching policy samples", disable=not progress, leave=False) as bar:
+            for source, target in (("obs", "policy_samples"), ("next_obs", "next_policy_samples")):
+                parts = []
+                for start in range(0, self.size, chunk):
+                    parts.append(sample(self.storage[source][start: start + chunk]))
+                    bar.update(len(parts[-1]))
+                self.policy_samples[target] = torch.cat(parts)
+
+    def drop_policy_samples(self) -> None:
+        self.policy_samples = {}
 
     @classmethod
     def from_episodes(cls, episodes: Sequence[Episode], gamma: float, capacity: int | None = None,

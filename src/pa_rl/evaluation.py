@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -48,3 +49,23 @@ def evaluate(envs: Sequence[gym.Env], act: Callable[[np.ndarray], np.ndarray], s
         successes += [np.nan if s is None else float(s) for s in success]
     return {"return": float(np.mean(returns)), "success": float(np.mean(successes)),
             "length": float(np.mean(lengths))}
+
+
+def record_video(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int], path: str | Path,
+                 max_steps: int = 1000, fps: int = 30) -> Path:
+    """Render episodes of an ``rgb_array`` env, one after another, into an mp4 file."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=fps) as writer:
+        for seed in seeds:
+            obs, _ = env.reset(seed=int(seed))
+            writer.append_data(env.render())
+            for _ in range(max_steps):
+                obs, _, terminated, truncated, _ = env.step(act(obs[None])[0])
+                writer.append_data(env.render())
+                if terminated or truncated:
+                    break
+    env.close()
+    return path

@@ -31,6 +31,7 @@ class TrainConfig:
     offline_steps: int = 20_000  # offline critic updates
     online_env_steps: int = 20_000  # environment steps of online fine-tuning
     offline_distill_every: int = 0  # distil every K offline updates; 0 = off (reference code)
+    cache_policy_samples: bool = True  # while the policy is frozen offline, draw its samples once
     online_critic_utd: float = 1.0  # critic updates per new env step
     online_distill_utd: float = 1.0  # distillation updates per new env step
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
@@ -130,6 +131,15 @@ class Trainer:
                 self._after_update("bc", metrics, bar)
 
     def offline_rl(self) -> None:
+        cfg = self.config
+        if cfg.cache_policy_samples and cfg.offline_distill_every == 0 and len(self.online) == 0:
+            self.offline.cache_policy_samples(self.agent.sample_policy, progress=cfg.progress)
+        try:
+            self._offline_updates()
+        finally:
+            self.offline.drop_policy_samples()
+
+    def _offline_updates(self) -> None:
         cfg = self.config
         with self._bar(cfg.offline_steps, "offline") as bar:
             for step in range(1, cfg.offline_steps + 1):

@@ -113,14 +113,12 @@ class LoadedDataset:
         return env
 
 
-def load_dataset(
-    id_or_path: str, *, reward_scale: float = 1.0, reward_bias: float = 0.0
-) -> LoadedDataset:
+def load_dataset(id_or_path: str) -> LoadedDataset:
     """Load and validate a local Minari dataset by id or by directory.
 
     ``id_or_path`` is either a directory (the dataset directory holding ``data/``, or ``data/``
-    itself) or a Minari dataset id resolved under :func:`datasets_root`. Rewards are transformed
-    as ``reward_scale * r + reward_bias``. Raises :class:`DataError` for anything that would
+    itself) or a Minari dataset id resolved under :func:`datasets_root`. Rewards are returned as
+    recorded (``TrainConfig.reward_scale``/``reward_bias`` transform data and env alike). Raises :class:`DataError` for anything that would
     silently corrupt training: missing/unreadable data, non-Box actions, unsupported
     observation spaces, empty data, non-finite values, actions outside the action bounds.
     """
@@ -159,12 +157,6 @@ def load_dataset(
     for ep in minari_episodes:
         episode = _convert_episode(ep, observation_space, action_space, dataset_id)
         _check_episode(episode, ep.id, action_space, dataset_id)
-        if reward_scale != 1.0 or reward_bias != 0.0:
-            rewards = (reward_scale * episode.rewards + reward_bias).astype(np.float32)
-            episode = Episode(
-                episode.observations, episode.actions, rewards, episode.terminations,
-                episode.truncations,
-            )
         episodes.append(episode)
     if sum(len(ep) for ep in episodes) == 0:
         raise DataError(f"Dataset {dataset_id!r} ({data_dir}) has zero transitions.")

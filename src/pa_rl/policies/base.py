@@ -36,8 +36,8 @@ class ActionScaler(nn.Module):
 
     def __init__(self, low: np.ndarray | torch.Tensor, high: np.ndarray | torch.Tensor) -> None:
         super().__init__()
-        low_t = torch.as_tensor(np.asarray(low), dtype=torch.float32).flatten()
-        high_t = torch.as_tensor(np.asarray(high), dtype=torch.float32).flatten()
+        low_t = torch.tensor(np.asarray(low), dtype=torch.float32).flatten()
+        high_t = torch.tensor(np.asarray(high), dtype=torch.float32).flatten()
         if low_t.shape != high_t.shape:
             raise ValueError(f"action bounds disagree in shape: low {tuple(low_t.shape)}, high {tuple(high_t.shape)}")
         if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):

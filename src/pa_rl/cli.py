@@ -1,0 +1,175 @@
+"""The ``pa-rl`` command: data sets, training, evaluation and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DESCRIPTION = """Policy-agnostic RL (PA-RL): offline RL and online fine-tuning of any policy class.
+
+commands:
+  pa-rl data list                     built-in data set names
+  pa-rl data make NAME [--out DIR]    generate a built-in data set (Minari format)
+  pa-rl data info NAME|ID|PATH        size, episodes, returns, success of a data set
+  pa-rl train [--preset cpu|paper] [OPTIONS]   BC → offline PA-RL → online fine-tuning
+  pa-rl eval RUN [--video FILE]       evaluate a saved run
+  pa-rl plot RUN... [--out FILE]      overlay learning curves of runs
+"""
+
+
+def _data(argv: Sequence[str]) -> None:
+    from pa_rl.data import available_datasets, dataset_info, make_dataset
+    from pa_rl.data.minari_io import datasets_root
+
+    parser = argparse.ArgumentParser(prog="pa-rl data", description="Built-in and Minari data sets.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="built-in data set names")
+    make = sub.add_parser("make", help="generate a built-in data set")
+    make.add_argument("name")
+    make.add_argument("--out", default=None, help="root folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--size", type=int, default=None, help="transitions (default: per data set, see `data list`)")
+    make.add_argument("--overwrite", action="store_true")
+    info = sub.add_parser("info", help="statistics of a data set")
+    info.add_argument("dataset", help="built-in name, Minari id or dataset directory")
+    info.add_argument("--data-dir", default=None, help="root folder holding built-in data sets")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        print("\n".join(available_datasets()))
+    elif args.action == "make":
+        path = make_dataset(args.name, out_dir=args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
+        print(f"wrote {path}")
+    else:
+        target = args.dataset
+        if target in available_datasets():
+            target = str(Path(args.data_dir or datasets_root()) / "pa-rl" / f"{target}-v0")
+        for key, value in dataset_info(target).items():
+            print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
+
+
+def _train(argv: Sequence[str]) -> None:
+    import tyro
+
+    from pa_rl.plotting import plot_runs
+    from pa_rl.presets import PRESETS
+    from pa_rl.runs import RunConfig, RunError, build_agent, resolve_dataset, save_weights, write_config
+    from pa_rl.train import train
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    known, rest = pre.parse_known_args(argv)
+    config = tyro.cli(RunConfig, default=PRESETS[known.preset](), args=rest, prog="pa-rl train",
+                      description=f"Train with PA-RL (defaults shown are preset {known.preset!r}; "
+                                  f"--preset {'|'.join(sorted(PRESETS))} picks another).")
+    run_dir = config.run_dir
+    if (run_dir / "config.json").exists():
+        raise RunError(f"run {run_dir} already exists: pick another --name or delete that folder")
+    data = resolve_dataset(config)
+    agent = build_agent(config, data)
+    write_config(config, data)
+    print(f"run {run_dir}: {config.policy} policy, {config.agent.objective} critic, {data.dataset_id} "
+          f"({sum(len(e) for e in data.episodes)} transitions), device {config.device}", file=sys.stderr)
+    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir=run_dir)
+    save_weights(agent, run_dir / "checkpoints" / "final.safetensors")
+    plot_runs([run_dir], run_dir / "curves.png")
+    print(summary_table(result.summary))
+    print(f"\nwrote {run_dir}/ (config.json, metrics.csv, tensorboard/, checkpoints/, curves.png, summary.json)")
+
+
+def summary_table(summary: dict) -> str:
+    """Success and return per phase, for the base policy and for PA-RL's action selection."""
+    rows = ["| after | policy | success | return |", "|---|---|---|---|"]
+    for phase, label in (("bc", "BC pre-training"), ("offline", "offline PA-RL"), ("online", "online fine-tuning")):
+        for mode, mode_label in (("policy", "base policy"), ("pa_rl", "PA-RL π̂ (argmax)")):
+            metrics = summary.get(phase, {})
+            if f"eval/{mode}_success" in metrics:
+                rows.append(f"| {label} | {mode_label} | {metrics[f'eval/{mode}_success']:.0%} "
+                            f"| {metrics[f'eval/{mode}_return']:.1f} |")
+    rows.append(f"\nwall clock {summary['wall_clock_s'] / 60:.1f} min, {summary['updates']} updates "
+                f"({summary['updates_per_s']:.1f}/s), {summary['env_steps']} online env steps")
+    return "\n".join(rows)
+
+
+def _eval(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="pa-rl eval", description="Evaluate a saved run.")
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--mode", choices=["argmax", "softmax", "policy"], default="argmax",
+                        help="PA-RL action selection (argmax/softmax) or the raw base policy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="override the run's device")
+    parser.add_argument("--video", type=Path, default=None, help="write an mp4 of the first episodes here")
+    parser.add_argument("--video-episodes", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.video_episodes < 1:
+        parser.error("--episodes and --video-episodes must be ≥ 1")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+    import dataclasses
+
+    from pa_rl.evaluation import evaluate, record_video
+    from pa_rl.runs import RunError, build_agent, load_weights, read_config, resolve_dataset
+
+    config = read_config(args.run)
+    if args.device:
+        config = dataclasses.replace(config, device=args.device)
+    weights = args.run / "checkpoints" / "final.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{args.run} has no final weights ({weights}): the run did not finish")
+    data = resolve_dataset(config)
+    agent = build_agent(config, data)
+    load_weights(agent, weights)
+    act = lambda obs: agent.act(obs, args.mode).cpu().numpy()  # noqa: E731
+    envs = [data.make_env(eval_env=True) for _ in range(min(args.episodes, 20))]
+    seeds = [20_000 + args.seed * 1_000 + i for i in range(args.episodes)]
+    result = evaluate(envs, act, seeds, config.train.max_episode_steps)
+    print(json.dumps({"run": str(args.run), "mode": args.mode, "episodes": args.episodes, **result}, indent=2))
+    if args.video is not None:
+        env = data.make_env(eval_env=True, render_mode="rgb_array")
+        path = record_video(env, act, seeds[: args.video_episodes], args.video, config.train.max_episode_steps)
+        print(f"wrote {path}")
+
+
+def _plot(argv: Sequence[str]) -> None:
+    from pa_rl.plotting import plot_runs
+
+    parser = argparse.ArgumentParser(prog="pa-rl plot", description="Overlay learning curves of runs.")
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"))
+    args = parser.parse_args(argv)
+    print(f"wrote {plot_runs(args.runs, args.out)}")
+
+
+COMMANDS = {"data": _data, "train": _train, "eval": _eval, "plot": _plot}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(DESCRIPTION, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    from pa_rl.data import DataError
+    from pa_rl.runs import RunError
+
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (DataError, RunError, ValueError, TypeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as error:  # argparse and tyro report usage errors themselves
+        return error.code if isinstance(error.code, int) else 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

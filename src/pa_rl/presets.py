@@ -1,0 +1,36 @@
+"""Named starting configurations for ``pa-rl train --preset NAME``; any option still overrides them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pa_rl.agent import AgentConfig
+from pa_rl.critic import CriticConfig
+from pa_rl.optimize import OptimizerConfig
+from pa_rl.policies import DiffusionConfig, FlowConfig, TokenConfig
+from pa_rl.runs import RunConfig
+from pa_rl.train import TrainConfig
+
+
+def paper() -> RunConfig:
+    """The reference code's settings and budgets (state-based tasks); sized for a GPU, not this CPU."""
+    return RunConfig(train=TrainConfig(bc_steps=1_000_000, offline_steps=1_000_000, online_env_steps=1_000_000,
+                                       eval_every=50_000, eval_episodes=50))
+
+
+def cpu() -> RunConfig:
+    """A 2-core-CPU budget (about 12 minutes on pointmaze-umaze): fewer samples and local steps, two
+    critics, a slimmer denoiser, shorter phases. Measured in BENCHMARKS.md."""
+    return RunConfig(
+        agent=AgentConfig(cql_alpha=0.1, distill_lr=1e-4, bc_warmup_steps=500,
+                          critic=CriticConfig(ensemble_size=2),
+                          optimizer=OptimizerConfig(num_samples=8, top_k=4, local_steps=1, step_size=3e-3)),
+        diffusion=DiffusionConfig(hidden_dim=128, num_blocks=2, dropout=0.0, time_dim=32),
+        flow=FlowConfig(hidden_dim=128, num_blocks=2, dropout=0.0, time_dim=32, steps=5),
+        token=TokenConfig(width=64, layers=2, heads=4, dropout=0.0),
+        train=TrainConfig(bc_steps=5_000, offline_steps=5_000, online_env_steps=5_000, eval_every=2_500,
+                          eval_episodes=20),
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"cpu": cpu, "paper": paper}

@@ -1,0 +1,147 @@
+"""A run on disk: its resolved config, its data set, its agent, and safetensors checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pa_rl.agent import Agent, AgentConfig
+from pa_rl.data import LoadedDataset, available_datasets, load_dataset, make_dataset
+from pa_rl.data.minari_io import datasets_root
+from pa_rl.policies import DiffusionConfig, FlowConfig, GaussianConfig, TokenConfig, make_policy
+from pa_rl.train import TrainConfig
+
+PolicyName = Literal["diffusion", "gaussian", "token", "flow"]
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked (missing, clashing, or from another config)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; written to ``config.json`` so the run can be rebuilt and re-run."""
+
+    dataset: str = "pointmaze-umaze"  # a built-in name (generated on first use), a Minari id, or a path
+    policy: PolicyName = "diffusion"
+    device: str = "cpu"  # cpu or cuda
+    name: str = ""  # run name; default <dataset>-<policy>-<critic>-s<seed>
+    runs_dir: Path = Path("runs")
+    data_dir: Path | None = None  # where built-in data sets live (default: Minari's local root)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    token: TokenConfig = field(default_factory=TokenConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    @property
+    def run_name(self) -> str:
+        stem = Path(self.dataset).name if os.sep in self.dataset else self.dataset.replace("/", "_")
+        return self.name or f"{stem}-{self.policy}-{self.agent.objective}-s{self.train.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.run_name
+
+    @property
+    def policy_config(self) -> Any:
+        return getattr(self, self.policy)
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from ``to_jsonable`` output, refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise RunError(f"config has unknown fields for {cls.__name__}: {sorted(unknown)} "
+                       "(written by another pa-rl version?)")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        origin = typing.get_origin(hint)
+        if dataclasses.is_dataclass(hint):
+            value = from_jsonable(hint, value)
+        elif origin is tuple:
+            value = tuple(value)
+        elif value is not None and (hint is Path or (origin in (typing.Union, types.UnionType)
+                                                     and Path in typing.get_args(hint))):
+            value = Path(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def resolve_dataset(config: RunConfig) -> LoadedDataset:
+    """Load the run's data set, generating a built-in one the first time it is asked for."""
+    if config.dataset in available_datasets():
+        root = Path(config.data_dir) if config.data_dir is not None else datasets_root()
+        path = root / "pa-rl" / f"{config.dataset}-v0"
+        if not path.exists():
+            print(f"generating data set {config.dataset!r} in {root} (first use)", file=sys.stderr)
+            make_dataset(config.dataset, out_dir=str(root), seed=0)
+        return load_dataset(str(path))
+    return load_dataset(config.dataset)
+
+
+def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
+    policy = make_policy(config.policy, data.observation_dim, data.action_low, data.action_high, config.policy_config)
+    return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
+
+
+def save_weights(agent: Agent, path: Path) -> None:
+    """Write all weights (policy, critic, target, value) as safetensors, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}, str(tmp))
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_weights(agent: Agent, path: Path) -> None:
+    state = load_file(str(path), device=str(agent.device))
+    missing, unexpected = agent.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path} does not match this run's config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def write_config(config: RunConfig, data: LoadedDataset) -> None:
+    import pa_rl
+
+    payload = {"pa_rl_version": pa_rl.__version__, "torch_version": torch.__version__,
+               "dataset_path": data.path, "dataset_id": data.dataset_id, "config": to_jsonable(config)}
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a pa-rl run: {path} is missing")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path} is not valid JSON ({error}); the run's config is damaged") from error
+    config = from_jsonable(RunConfig, payload["config"])
+    return dataclasses.replace(config, runs_dir=Path(run_dir).parent, name=Path(run_dir).name)

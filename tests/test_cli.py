@@ -1,0 +1,73 @@
+"""The `pa-rl` command end to end on a tiny budget, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pa_rl.cli import main
+
+TINY = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "300",
+        "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-episodes", "0",
+        "--train.batch-size", "32", "--train.no-progress"]
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    return tmp_path
+
+
+def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "make", "pointmaze-umaze", "--size", "3000", "--seed", "1"]) == 0
+    assert main(["data", "info", "pointmaze-umaze"]) == 0
+    assert "transitions: 3000" in capsys.readouterr().out
+    assert main(["train", "--name", "tiny", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "| BC pre-training | base policy |" in out and "| online fine-tuning | PA-RL π̂ (argmax) |" in out
+    run = workdir / "runs" / "tiny"
+    for name in ("config.json", "metrics.csv", "summary.json", "curves.png", "checkpoints/final.safetensors"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["train"]["bc_steps"] == 20 and config["dataset_id"] == "pa-rl/pointmaze-umaze-v0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["env_steps"] == 300 and summary["updates"] > 40
+    assert main(["eval", str(run), "--episodes", "2", "--video", str(workdir / "ep.mp4")]) == 0
+    result = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert result["episodes"] == 2 and 0.0 <= result["success"] <= 1.0
+    assert (workdir / "ep.mp4").stat().st_size > 1000
+    assert main(["plot", str(run), str(run), "--out", str(workdir / "both.png")]) == 0
+    assert (workdir / "both.png").stat().st_size > 1000
+    # A second run under the same name is refused rather than overwritten.
+    assert main(["train", "--name", "tiny", *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["data", "make", "pointmaze-tiny"], "Unknown dataset name 'pointmaze-tiny'. Valid names: pointmaze-umaze"),
+    (["data", "info", "nowhere/missing-v0"], "not found; looked at"),
+    (["train", "--dataset", str(Path("/nonexistent/ds"))], "not found"),
+    (["eval", "/nonexistent/run"], "is not a pa-rl run"),
+    (["plot", "/nonexistent/run"], "has no metrics.csv"),
+    (["train", "--agent.optimizer.top-k", "64", "--agent.optimizer.num-samples", "8"], "top_k (64) cannot exceed"),
+    (["train", "--train.batch-size", "0"], "batch_size must be ≥ 1"),
+])
+def test_errors_are_one_clear_line(workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["train", "--train.bc-stepz", "3"], ["train", "--policy", "mlp"], ["nope"]])
+def test_typos_exit_nonzero_without_a_traceback(workdir: Path, argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pa_rl.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, "MINARI_DATASETS_PATH": str(workdir)})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip()
