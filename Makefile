@@ -7,6 +7,8 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install test demo clean
+# The demo replaces its own previous run (runs/demo); data sets are generated once into datasets/.
+DEMO_ARGS ?=
 
 install: $(STAMP)
 
@@ -21,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(VENV)/bin/pa-rl train --preset cpu --dataset pointmaze-umaze --data-dir datasets --name demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -29,10 +29,8 @@ import metaworld
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from metaworld.policies import ENV_POLICY_MAP
-from minari.data_collector.episode_buffer import EpisodeBuffer
-from tqdm import tqdm
 
-from pa_rl.data.minari_io import write_dataset
+from pa_rl.data.generator import EpisodePlan, Generated, noisy, rollout
 
 NOISE_LEVELS = (0.1, 0.5, 1.0)
 MAX_EPISODE_STEPS = 200
@@ -67,91 +65,41 @@ def env_spec(task: str, seed: int) -> EnvSpec:
     )
 
 
-def collect(
-    task: str, *, size: int, seed: int = 0, progress: bool = True
-) -> tuple[list[EpisodeBuffer], gym.Env, EnvSpec]:
-    """Roll the noisy expert for exactly ``size`` transitions; returns buffers, env and spec."""
+def generate(
+    task: str, *, size: int | None = None, seed: int = 0, progress: bool = True
+) -> Generated:
+    """Roll the noisy expert for exactly ``size`` transitions (default ``DEFAULT_SIZE``)."""
+    size = DEFAULT_SIZE if size is None else size
     spec = env_spec(task, seed)
     env = gym.make(spec)
     policy = ENV_POLICY_MAP[f"{task}-v3"]()
     rng = np.random.default_rng(seed)
-    buffers: list[EpisodeBuffer] = []
-    total = 0
-    with (
-        tqdm(total=size, desc=f"metaworld-{task}", unit="step", disable=not progress) as bar,
-        warnings.catch_warnings(),
-    ):
+
+    def new_episode() -> EpisodePlan:
+        sigma = NOISE_LEVELS[rng.integers(len(NOISE_LEVELS))]
+        return EpisodePlan(noisy(policy.get_action, sigma, rng), infos={"noise_std": sigma})
+
+    with warnings.catch_warnings():
         # The scripted policies warn that their gains exceed the [-1, 1] action range.
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
-        while total < size:
-            sigma = NOISE_LEVELS[rng.integers(len(NOISE_LEVELS))]
-            obs, _ = env.reset(seed=seed if not buffers else None)
-            observations, actions, rewards = [obs], [], []
-            terminations, truncations, successes = [], [], [False]
-            done = False
-            while not done:
-                action = policy.get_action(obs) + sigma * rng.standard_normal(4)
-                action = np.clip(action, -1.0, 1.0).astype(np.float32)
-                obs, _, terminated, truncated, info = env.step(action)
-                total += 1
-                success = bool(info["success"])
-                truncated = truncated or total >= size
-                observations.append(obs)
-                actions.append(action)
-                rewards.append(float(success) - 1.0)
-                terminations.append(bool(terminated))
-                truncations.append(bool(truncated and not terminated))
-                successes.append(success)
-                done = terminated or truncated
-            bar.update(len(actions))
-            buffers.append(
-                EpisodeBuffer(
-                    id=len(buffers),
-                    observations=np.asarray(observations, dtype=env.observation_space.dtype),
-                    actions=np.asarray(actions),
-                    rewards=np.asarray(rewards),
-                    terminations=np.asarray(terminations),
-                    truncations=np.asarray(truncations),
-                    infos={
-                        "success": np.asarray(successes),
-                        "noise_std": np.full(len(successes), sigma),
-                    },
-                )
-            )
-    return buffers, env, spec
-
-
-def make_metaworld_dataset(
-    task: str,
-    *,
-    dataset_id: str,
-    out_dir: str | None = None,
-    seed: int = 0,
-    size: int | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> str:
-    """Generate the ``task`` dataset as Minari ``dataset_id`` and return its directory."""
-    size = DEFAULT_SIZE if size is None else size
-    buffers, env, spec = collect(task, size=size, seed=seed, progress=progress)
-    try:
-        return write_dataset(
-            dataset_id,
-            buffers,
-            env_spec=spec,
-            eval_env_spec=spec,
-            observation_space=env.observation_space,
-            action_space=env.action_space,
-            description=(
-                f"Meta-World {task}-v3 (MT1, seed {seed}): scripted expert with Gaussian action "
-                f"noise, std drawn per episode from {NOISE_LEVELS}; reward success - 1, "
-                f"termination at success, {MAX_EPISODE_STEPS}-step limit; {size} transitions."
-            ),
-            algorithm_name="pa-rl noisy Meta-World scripted expert",
-            requirements=[f"metaworld=={version('metaworld')}", f"mujoco=={version('mujoco')}"],
-            out_dir=out_dir,
-            overwrite=overwrite,
+        buffers = rollout(
+            env,
+            new_episode,
+            size=size,
+            seed=seed,
+            desc=f"metaworld-{task}",
+            progress=progress,
+            reward=lambda _, success: float(success) - 1.0,
         )
-    finally:
-        env.close()
-
+    return Generated(
+        buffers,
+        env,
+        spec,
+        description=(
+            f"Meta-World {task}-v3 (MT1, seed {seed}): scripted expert with Gaussian action "
+            f"noise, std drawn per episode from {NOISE_LEVELS}; reward success - 1, "
+            f"termination at success, {MAX_EPISODE_STEPS}-step limit; {size} transitions."
+        ),
+        algorithm_name="pa-rl noisy Meta-World scripted expert",
+        requirements=[f"metaworld=={version('metaworld')}", f"mujoco=={version('mujoco')}"],
+    )

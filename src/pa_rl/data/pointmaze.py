@@ -48,10 +48,8 @@ import gymnasium_robotics
 import numpy as np
 from gymnasium_robotics.envs.maze import maps
 from gymnasium_robotics.envs.maze.maze_v4 import Maze
-from minari.data_collector.episode_buffer import EpisodeBuffer
-from tqdm import tqdm
 
-from pa_rl.data.minari_io import write_dataset
+from pa_rl.data.generator import EpisodePlan, Generated, noisy, rollout
 
 gym.register_envs(gymnasium_robotics)
 
@@ -161,19 +159,17 @@ class WaypointController:
         return next_cell
 
 
-def collect(
+def generate(
     maze: str,
     *,
-    size: int,
+    size: int | None = None,
     seed: int = 0,
     noise_std: float = DEFAULT_NOISE_STD,
     progress: bool = True,
-) -> tuple[list[EpisodeBuffer], gym.Env]:
-    """Roll the noisy controller in the eval env for exactly ``size`` transitions.
-
-    Returns the episode buffers and the (open) env they were collected in.
-    """
+) -> Generated:
+    """Roll the noisy controller in the eval env for ``size`` transitions (default per maze)."""
     task = MAZES[maze]
+    size = task.default_size if size is None else size
     env = make_eval_env(maze)
     rng = np.random.default_rng(seed)
     controller = WaypointController(env.unwrapped.maze)
@@ -183,80 +179,31 @@ def collect(
         choices = [c for c in controller.cells if c != exclude]
         return choices[rng.integers(len(choices))]
 
-    buffers: list[EpisodeBuffer] = []
-    total = 0
-    with tqdm(total=size, desc=f"pointmaze-{maze}", unit="step", disable=not progress) as bar:
-        while total < size:
-            start = start_cells[rng.integers(len(start_cells))]
-            obs, info = env.reset(
-                seed=seed if not buffers else None, options={"reset_cell": np.array(start)}
-            )
-            controller.set_target(new_target(start))
-            observations, actions, rewards = [obs], [], []
-            terminations, truncations, successes = [], [], [info["success"]]
-            done = False
-            while not done:
-                if controller.reached(obs[:2]):
-                    controller.set_target(new_target(controller.target))
-                action = controller(obs) + noise_std * rng.standard_normal(2)
-                action = np.clip(action, -1.0, 1.0).astype(np.float32)
-                obs, reward, terminated, truncated, info = env.step(action)
-                total += 1
-                truncated = truncated or total >= size
-                observations.append(obs)
-                actions.append(action)
-                rewards.append(float(reward))
-                terminations.append(bool(terminated))
-                truncations.append(bool(truncated and not terminated))
-                successes.append(bool(info["success"]))
-                done = terminated or truncated
-            bar.update(len(actions))
-            buffers.append(
-                EpisodeBuffer(
-                    id=len(buffers),
-                    observations=np.asarray(observations, dtype=env.observation_space.dtype),
-                    actions=np.asarray(actions),
-                    rewards=np.asarray(rewards),
-                    terminations=np.asarray(terminations),
-                    truncations=np.asarray(truncations),
-                    infos={"success": np.asarray(successes)},
-                )
-            )
-    return buffers, env
+    def act(observation: np.ndarray) -> np.ndarray:
+        if controller.reached(observation[:2]):
+            controller.set_target(new_target(controller.target))
+        return controller(observation)
 
+    noisy_act = noisy(act, noise_std, rng)
 
-def make_pointmaze_dataset(
-    maze: str,
-    *,
-    dataset_id: str,
-    out_dir: str | None = None,
-    seed: int = 0,
-    size: int | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> str:
-    """Generate the ``maze`` dataset as Minari ``dataset_id`` and return its directory."""
-    task = MAZES[maze]
-    size = task.default_size if size is None else size
-    buffers, env = collect(maze, size=size, seed=seed, progress=progress)
-    try:
-        return write_dataset(
-            dataset_id,
-            buffers,
-            env_spec=env.spec,
-            eval_env_spec=env.spec,
-            observation_space=env.observation_space,
-            action_space=env.action_space,
-            description=(
-                f"D4RL maze2d-style {maze} PointMaze data: noisy (std {DEFAULT_NOISE_STD}) BFS "
-                "waypoint controller to random targets; 4-d observations; sparse reward and "
-                f"termination at the fixed goal cell {task.goal}; eval start cell {task.start}; "
-                f"{size} transitions, seed {seed}."
-            ),
-            algorithm_name="pa-rl noisy waypoint controller (D4RL maze2d recipe)",
-            requirements=[f"gymnasium-robotics=={gymnasium_robotics.__version__}"],
-            out_dir=out_dir,
-            overwrite=overwrite,
-        )
-    finally:
-        env.close()
+    def new_episode() -> EpisodePlan:
+        start = start_cells[rng.integers(len(start_cells))]
+        controller.set_target(new_target(start))
+        return EpisodePlan(noisy_act, reset_options={"reset_cell": np.array(start)})
+
+    buffers = rollout(
+        env, new_episode, size=size, seed=seed, desc=f"pointmaze-{maze}", progress=progress
+    )
+    return Generated(
+        buffers,
+        env,
+        env.spec,
+        description=(
+            f"D4RL maze2d-style {maze} PointMaze data: noisy (std {noise_std}) BFS "
+            "waypoint controller to random targets; 4-d observations; sparse reward and "
+            f"termination at the fixed goal cell {task.goal}; eval start cell {task.start}; "
+            f"{size} transitions, seed {seed}."
+        ),
+        algorithm_name="pa-rl noisy waypoint controller (D4RL maze2d recipe)",
+        requirements=[f"gymnasium-robotics=={gymnasium_robotics.__version__}"],
+    )

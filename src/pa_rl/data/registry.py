@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pa_rl.data.generator import Generated
 from pa_rl.data.minari_io import DataError, datasets_root, load_dataset
 
-Generator = Callable[..., str]
+Generator = Callable[..., Generated]
 
 
 def _generators() -> tuple[dict[str, Generator], list[str]]:
@@ -27,18 +28,14 @@ def _generators() -> tuple[dict[str, Generator], list[str]]:
         missing.append(f"pointmaze-* needs {e.name}")
     else:
         for maze in pointmaze.MAZES:
-            generators[f"pointmaze-{maze}"] = functools.partial(
-                pointmaze.make_pointmaze_dataset, maze
-            )
+            generators[f"pointmaze-{maze}"] = functools.partial(pointmaze.generate, maze)
     try:
         from pa_rl.data import metaworld
     except ImportError as e:
         missing.append(f"metaworld-<task> needs {e.name}")
     else:
         for task in metaworld.tasks():
-            generators[f"metaworld-{task}"] = functools.partial(
-                metaworld.make_metaworld_dataset, task
-            )
+            generators[f"metaworld-{task}"] = functools.partial(metaworld.generate, task)
     return generators, missing
 
 
@@ -80,14 +77,8 @@ def make_dataset(
             f"Dataset {dataset_id!r} already exists at {existing}. Delete that directory, choose "
             "another out_dir, or pass overwrite=True."
         )
-    return generators[name](
-        dataset_id=dataset_id,
-        out_dir=out_dir,
-        seed=seed,
-        size=size,
-        progress=progress,
-        overwrite=overwrite,
-    )
+    generated = generators[name](size=size, seed=seed, progress=progress)
+    return generated.write(dataset_id, out_dir=out_dir, overwrite=overwrite)
 
 
 def dataset_info(id_or_path: str) -> dict:
