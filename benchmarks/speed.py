@@ -18,6 +18,8 @@ torch.utils.flop_counter.FlopCounterMode over one call (forward and backward); i
 (mm/addmm/bmm/baddbmm) and known attention kernels, not elementwise ops or norms, and not the CPU
 attention kernel (a few positions here: negligible). "of mm" = achieved GFLOP/s / the GFLOP/s of an
 fp32 2048 × 2048 matmul timed in the same process just before that row (so load drift shows).
+Run on an otherwise idle machine: with other busy processes on the cores, multi-threaded torch ops
+stall at every barrier (seen here: a 2-thread step 30× slower); a low matmul column gives it away.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -68,10 +72,10 @@ class _NoModuleTracking:
     """FlopCounterMode's per-module tracker hooks break ``autograd.grad`` on leaf inputs (as in the
     local steps; pytorch/pytorch#131753); only the global total is needed, so it is switched off."""
 
-    parents = {"Global"}
+    parents: ClassVar[frozenset[str]] = frozenset({"Global"})
 
-    def __enter__(self) -> _NoModuleTracking:
-        return self
+    def __enter__(self) -> None:
+        return None
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -106,7 +110,7 @@ def machine(device: torch.device) -> dict[str, str | int]:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info: dict[str, str | int] = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    info: dict[str, str | int] = {"cpu": cpu, "cores": os.cpu_count() or 0, "threads": torch.get_num_threads(), "torch": torch.__version__,
                                   "device": str(device), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -12,9 +12,10 @@ import pytest
 
 from pa_rl.cli import main
 
-TINY = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "300",
+TINY = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "100",
         "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-episodes", "0",
-        "--train.batch-size", "32", "--train.no-progress"]
+        "--train.batch-size", "32", "--train.max-episode-steps", "60", "--train.no-progress",
+        "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
 
 
 @pytest.fixture()
@@ -38,7 +39,7 @@ def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture)
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["train"]["bc_steps"] == 20 and config["dataset_id"] == "pa-rl/pointmaze-umaze-v0"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["env_steps"] == 300 and summary["updates"] > 40
+    assert summary["env_steps"] == 100 and summary["updates"] > 40
     assert main(["eval", str(run), "--episodes", "2", "--video", str(workdir / "ep.mp4")]) == 0
     result = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert result["episodes"] == 2 and 0.0 <= result["success"] <= 1.0
