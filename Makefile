@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo clean
 # The demo replaces its own previous run (runs/demo); data sets are generated once into datasets/.
+# Reward bias −1: the maze's 0/1 goal reward becomes −1 per step until the goal, as in the reference code.
 DEMO_ARGS ?=
 
 install: $(STAMP)
@@ -26,7 +27,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/pa-rl train --preset cpu --dataset pointmaze-umaze --data-dir datasets --name demo $(DEMO_ARGS)
+	$(VENV)/bin/pa-rl train --preset cpu --dataset pointmaze-umaze --data-dir datasets --train.reward-bias -1 --name demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
