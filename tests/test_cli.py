@@ -26,10 +26,11 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["data", "make", "pointmaze-umaze", "--size", "3000", "--seed", "1"]) == 0
-    assert main(["data", "info", "pointmaze-umaze"]) == 0
+    # A relative --out, as `make demo` uses it.
+    assert main(["data", "make", "pointmaze-umaze", "--size", "3000", "--seed", "1", "--out", "datasets"]) == 0
+    assert main(["data", "info", "pointmaze-umaze", "--data-dir", "datasets"]) == 0
     assert "transitions: 3000" in capsys.readouterr().out
-    assert main(["train", "--name", "tiny", *TINY]) == 0
+    assert main(["train", "--name", "tiny", "--data-dir", "datasets", *TINY]) == 0
     out = capsys.readouterr().out
     assert "| BC pre-training | base policy |" in out and "| online fine-tuning | PA-RL π̂ (argmax) |" in out
     run = workdir / "runs" / "tiny"

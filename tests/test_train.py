@@ -16,7 +16,7 @@ LOW, HIGH = -np.ones(2, np.float32), np.ones(2, np.float32)
 
 def small_agent(policy_name: str = "diffusion", objective: str = "calql") -> Agent:
     policy = make_policy(policy_name, 2, LOW, HIGH, SMALL_POLICY_CONFIGS[policy_name])
-    config = AgentConfig(objective=objective, cql_alpha=0.1, bc_warmup_steps=100, distill_lr=3e-4,
+    config = AgentConfig(objective=objective, cql_alpha=0.1, bc_warmup_steps=100, distill_lr=1e-4,
                          critic=CriticConfig(ensemble_size=2, hidden_dims=(64, 64)),
                          optimizer=OptimizerConfig(num_samples=8, top_k=4, local_steps=2, step_size=3e-3))
     return Agent(policy, 2, LOW, HIGH, config)

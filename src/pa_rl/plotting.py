@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PANELS = (("success", "success rate"), ("return", "return"))
-MODES = (("pa_rl", "-", "PA-RL (π̂)"), ("policy", "--", "base policy"))
+PANELS = (("success", "success rate"), ("return", "return (env reward)"), ("length", "episode length"))
+MODES = (("pa_rl", "-", "PA-RL action selection"), ("policy", "--", "base policy"))
 
 
 def read_evaluations(run_dir: Path) -> dict[str, list[tuple[int, float, str]]]:
@@ -30,8 +30,8 @@ def read_evaluations(run_dir: Path) -> dict[str, list[tuple[int, float, str]]]:
 
 
 def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Overlay the evaluation curves of several runs (success and return, PA-RL and base policy)."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4), constrained_layout=True)
+    """Overlay the evaluation curves of several runs (success, return, length; PA-RL and base policy)."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run_dir in enumerate(run_dirs):
         series = read_evaluations(run_dir)
@@ -51,8 +51,8 @@ def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
             for phase, step in ends.items():
                 for ax in axes:
                     ax.axvline(step, color="grey", lw=0.8, ls=":")
-                    ax.annotate(f"end of {phase}", (step, 1), xycoords=("data", "axes fraction"),
-                                rotation=90, va="top", ha="right", fontsize=8, color="grey")
+                    ax.annotate(f"end of {phase}", (step, 0.02), xycoords=("data", "axes fraction"),
+                                rotation=90, va="bottom", ha="right", fontsize=8, color="grey")
     axes[0].legend(fontsize=7, loc="best")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

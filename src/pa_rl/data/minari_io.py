@@ -192,7 +192,7 @@ def write_dataset(
     never leaves a partial dataset under a loadable id.
     """
     namespace = parse_dataset_id(dataset_id)[0]
-    root = Path(out_dir) if out_dir is not None else datasets_root()
+    root = (Path(out_dir) if out_dir is not None else datasets_root()).resolve()  # minari needs it absolute
     final = root / dataset_id
     if final.exists() and not overwrite:
         raise DataError(
