@@ -5,8 +5,8 @@
 Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
   default  AgentConfig() as is = the spec defaults: N = 32 samples, top k = 10, T = 10 local steps,
            critic ensemble E = 10 of (256, 256) LayerNorm MLPs, scalar head, Cal-QL.
-  cpu      the same except OptimizerConfig(num_samples=8, top_k=4, local_steps=2) and
-           CriticConfig(ensemble_size=2).
+  cpu      the `cpu` preset of `pa-rl train` (pa_rl.presets.cpu): N = 8, k = 4, T = 1, E = 2 critics
+           of (256, 256), and its slimmer policy configs (e.g. a 2 × 128 denoiser).
 
 Rows, on random Meta-World-sized data (obs 39, action 4 in [-1, 1]) with B = --batch-size states:
   update    agent.update(batch, distill=True): action optimization on s and s' (2B states in one
@@ -32,23 +32,20 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pa_rl.agent import Agent, AgentConfig
+from pa_rl.agent import Agent
 from pa_rl.buffer import Batch
 from pa_rl.optimize import sample_actions
 from pa_rl.policies import POLICIES, make_policy
+from pa_rl.presets import cpu as cpu_preset
+from pa_rl.runs import RunConfig
 
-CONFIGS: dict[str, AgentConfig] = {
-    "default": AgentConfig(),
-    "cpu": replace(AgentConfig(), optimizer=replace(AgentConfig().optimizer, num_samples=8, top_k=4, local_steps=2),
-                   critic=replace(AgentConfig().critic, ensemble_size=2)),
-}
+CONFIGS: dict[str, RunConfig] = {"default": RunConfig(), "cpu": cpu_preset()}
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
@@ -120,9 +117,10 @@ def machine(device: torch.device) -> dict[str, str | int]:
 def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, str | float]]:
     """The three rows of one policy class, each next to a matmul baseline measured just before."""
     torch.manual_seed(0)
-    cfg = CONFIGS[config_name]
+    run = CONFIGS[config_name]
+    cfg = run.agent
     low, high = -np.ones(args.action_dim, np.float32), np.ones(args.action_dim, np.float32)
-    agent = Agent(make_policy(name, args.obs_dim, low, high), args.obs_dim, low, high, cfg, device)
+    agent = Agent(make_policy(name, args.obs_dim, low, high, getattr(run, name)), args.obs_dim, low, high, cfg, device)
     batch = random_batch(args.batch_size, args.obs_dim, args.action_dim, device)
     calls: dict[str, Callable[[], object]] = {
         "update": lambda: agent.update(batch, distill=True),
