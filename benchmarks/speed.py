@@ -11,6 +11,8 @@ Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
 Rows, on random Meta-World-sized data (obs 39, action 4 in [-1, 1]) with B = --batch-size states:
   update    agent.update(batch, distill=True): action optimization on s and s' (2B states in one
             call), the Cal-QL critic step, the Polyak update and one distillation step.
+  cached    agent.update(batch) with the policy's samples for s and s' already in the batch, as in
+            the offline phase (TrainConfig.cache_policy_samples): the update minus its sampling.
   optimize  agent.optimize_actions(obs) on B states (sampling + top-k + T gradient steps).
   sample    B × N policy samples (pa_rl.optimize.sample_actions: eval mode, no autograd).
 Times are medians over --repeats calls after --warmup calls. FLOPs are counted by
@@ -31,6 +33,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -122,8 +125,11 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
     low, high = -np.ones(args.action_dim, np.float32), np.ones(args.action_dim, np.float32)
     agent = Agent(make_policy(name, args.obs_dim, low, high, getattr(run, name)), args.obs_dim, low, high, cfg, device)
     batch = random_batch(args.batch_size, args.obs_dim, args.action_dim, device)
+    cached = replace(batch, policy_samples=agent.sample_policy(batch.obs),
+                     next_policy_samples=agent.sample_policy(batch.next_obs))
     calls: dict[str, Callable[[], object]] = {
         "update": lambda: agent.update(batch, distill=True),
+        "cached": lambda: agent.update(cached),
         "optimize": lambda: agent.optimize_actions(batch.obs),
         "sample": lambda: sample_actions(agent.policy, batch.obs, cfg.optimizer.num_samples),
     }
@@ -168,8 +174,9 @@ def main() -> None:
     rows = []
     for config_name in args.config:
         for name in policies:
-            rows += bench_policy(name, config_name, args, device)
-            print(markdown(rows[-3:]).split("\n", 2)[2], flush=True)  # progress: this policy's rows
+            policy_rows = bench_policy(name, config_name, args, device)
+            rows += policy_rows
+            print(markdown(policy_rows).split("\n", 2)[2], flush=True)  # progress: this policy's rows
     print("\n" + markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -34,7 +34,8 @@ def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture)
     out = capsys.readouterr().out
     assert "| BC pre-training | base policy |" in out and "| online fine-tuning | PA-RL π̂ (argmax) |" in out
     run = workdir / "runs" / "tiny"
-    for name in ("config.json", "metrics.csv", "summary.json", "curves.png", "checkpoints/final.safetensors"):
+    for name in ("config.json", "metrics.csv", "summary.json", "curves.png", "checkpoints/final.safetensors",
+                 "checkpoints/final_state.pt"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     config = json.loads((run / "config.json").read_text())

@@ -56,7 +56,8 @@ def _train(argv: Sequence[str]) -> None:
 
     from pa_rl.plotting import plot_runs
     from pa_rl.presets import PRESETS
-    from pa_rl.runs import RunConfig, RunError, build_agent, resolve_dataset, save_weights, write_config
+    from pa_rl.runs import (RunConfig, RunError, build_agent, resolve_dataset, save_training_state, save_weights,
+                            write_config)
     from pa_rl.train import train
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -75,6 +76,7 @@ def _train(argv: Sequence[str]) -> None:
           f"({sum(len(e) for e in data.episodes)} transitions), device {config.device}", file=sys.stderr)
     result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir=run_dir)
     save_weights(agent, run_dir / "checkpoints" / "final.safetensors")
+    save_training_state(agent, result.summary, run_dir / "checkpoints" / "final_state.pt")
     plot_runs([run_dir], run_dir / "curves.png")
     print(summary_table(result.summary))
     print(f"\nwrote {run_dir}/ (config.json, metrics.csv, tensorboard/, checkpoints/, curves.png, summary.json)")

@@ -119,6 +119,18 @@ def save_weights(agent: Agent, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_training_state(agent: Agent, summary: dict[str, Any], path: Path) -> None:
+    """Optimizer states, counters and RNG state beside the weights (torch format: they are not tensors only)."""
+    state = {"critic_optim": agent.critic_optim.state_dict(), "policy_optim": agent.policy_optim.state_dict(),
+             "bc_steps_done": agent.bc_steps_done, "updates": summary["updates"], "env_steps": summary["env_steps"],
+             "torch_rng": torch.get_rng_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def load_weights(agent: Agent, path: Path) -> None:
     state = load_file(str(path), device=str(agent.device))
     missing, unexpected = agent.load_state_dict(state, strict=False)
