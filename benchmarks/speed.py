@@ -33,8 +33,8 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np

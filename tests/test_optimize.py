@@ -106,3 +106,15 @@ def test_policy_with_wrong_sample_shape_is_named() -> None:
     with pytest.raises(TypeError, match=r"Broken.sample\(obs, 8\) must return a tensor \[4, 8, action_dim\]"):
         ActionOptimizer(OptimizerConfig(num_samples=8, top_k=4), LOW, HIGH)(Broken(), QuadraticCritic([0, 0]),
                                                                            torch.zeros(4, 3))
+
+
+def test_optimizing_in_blocks_of_states_gives_the_same_candidates() -> None:
+    critic, obs = QuadraticCritic([0.3, -0.2]), torch.randn(10, 3)
+    samples = torch.rand(10, 8, 2) * 2 - 1
+    config = dict(num_samples=8, top_k=3, local_steps=4, step_size=0.1)
+    whole = ActionOptimizer(OptimizerConfig(**config, chunk_states=None), LOW, HIGH)(UniformPolicy(), critic, obs, samples)
+    blocks = ActionOptimizer(OptimizerConfig(**config, chunk_states=3), LOW, HIGH)(UniformPolicy(), critic, obs, samples)
+    for a, b in ((whole.actions, blocks.actions), (whole.values, blocks.values), (whole.initial_values, blocks.initial_values)):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_states"):
+        OptimizerConfig(chunk_states=0)

