@@ -8,6 +8,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -109,14 +110,20 @@ def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
     return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
 
 
-def save_weights(agent: Agent, path: Path) -> None:
-    """Write all weights (policy, critic, target, value) as safetensors, atomically."""
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file, fsync it, then rename over ``path``: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}, str(tmp))
+    write(tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def save_weights(agent: Agent, path: Path) -> None:
+    """Write all weights (policy, critic, target, value) as safetensors, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def save_training_state(agent: Agent, summary: dict[str, Any], path: Path) -> None:
@@ -124,11 +131,7 @@ def save_training_state(agent: Agent, summary: dict[str, Any], path: Path) -> No
     state = {"critic_optim": agent.critic_optim.state_dict(), "policy_optim": agent.policy_optim.state_dict(),
              "bc_steps_done": agent.bc_steps_done, "updates": summary["updates"], "env_steps": summary["env_steps"],
              "torch_rng": torch.get_rng_state()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_weights(agent: Agent, path: Path) -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from pa_rl.agent import ActMode, Agent
 from pa_rl.buffer import Batch, ReplayBuffer
-from pa_rl.data.episodes import Episode
+from pa_rl.data.episodes import Episode, EpisodeRecorder
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
 
@@ -117,7 +117,7 @@ class Trainer:
         seeds = [10_000 + cfg.seed * 1_000 + i for i in range(cfg.eval_episodes)]
         metrics: dict[str, float] = {}
         for label, mode in modes:
-            result = evaluate(self._eval_envs, lambda obs: self.agent.act(obs, mode).cpu().numpy(), seeds,
+            result = evaluate(self._eval_envs, lambda obs, mode=mode: self.agent.act(obs, mode).cpu().numpy(), seeds,
                               cfg.max_episode_steps)
             metrics.update({f"eval/{label}_{key}": value for key, value in result.items()})
         self.logger.log_evaluation(phase, self.updates, self.env_steps, metrics)
@@ -126,7 +126,7 @@ class Trainer:
     # ---- phases ---------------------------------------------------------------------------------
     def behaviour_cloning(self) -> None:
         with self._bar(self.config.bc_steps, "bc") as bar:
-            for step in range(self.config.bc_steps):
+            for _ in range(self.config.bc_steps):
                 metrics = self.agent.bc_update(self.offline.sample(self.config.batch_size, self.generator))
                 self._after_update("bc", metrics, bar)
 
@@ -152,31 +152,26 @@ class Trainer:
         cfg = self.config
         env = self.make_env()
         obs, _ = env.reset(seed=cfg.seed)
-        trajectory: dict[str, list] = {"obs": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+        recorder = EpisodeRecorder(obs)
         episodes = 0
         with self._bar(cfg.online_env_steps, "online") as bar:
             for step in range(1, cfg.online_env_steps + 1):
                 action = self.agent.act(np.asarray(obs, dtype=np.float32), cfg.collect_mode).cpu().numpy()
                 obs, reward, terminated, truncated, _ = env.step(action)
                 self.env_steps += 1
-                truncated = truncated or len(trajectory["actions"]) + 1 >= cfg.max_episode_steps
-                for key, value in (("obs", obs), ("actions", action), ("rewards", cfg.reward_scale * reward + cfg.reward_bias),
-                                   ("terminations", terminated), ("truncations", truncated)):
-                    trajectory[key].append(value)
+                truncated = truncated or len(recorder) + 1 >= cfg.max_episode_steps
+                recorder.add(action, cfg.reward_scale * reward + cfg.reward_bias, obs, terminated, truncated)
                 bar.update(1)
                 if terminated or truncated or step == cfg.online_env_steps:
-                    new_steps = len(trajectory["actions"])
-                    self.online.add_episode(Episode(
-                        np.asarray(trajectory["obs"], np.float32), np.asarray(trajectory["actions"], np.float32),
-                        np.asarray(trajectory["rewards"], np.float32), np.asarray(trajectory["terminations"], bool),
-                        np.asarray(trajectory["truncations"], bool)), self.agent.config.gamma, self.floor_reward)
+                    episode = recorder.episode()
+                    self.online.add_episode(episode, self.agent.config.gamma, self.floor_reward)
                     episodes += 1
                     self.logger.log("online", self.updates, self.env_steps,
-                                    {"online/episode_return": float(np.sum(trajectory["rewards"]))})
+                                    {"online/episode_return": float(episode.rewards.sum())})
                     if episodes > cfg.warmup_episodes:
-                        self._online_updates(new_steps)
+                        self._online_updates(len(episode))
                     obs, _ = env.reset()
-                    trajectory = {"obs": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+                    recorder = EpisodeRecorder(obs)
                 if step % cfg.eval_every == 0 and step < cfg.online_env_steps:
                     bar.set_postfix(self.evaluate("online"))
         env.close()

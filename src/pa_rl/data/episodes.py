@@ -24,3 +24,27 @@ class Episode:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+
+class EpisodeRecorder:
+    """Collects one episode step by step, then hands it over as an :class:`Episode`."""
+
+    def __init__(self, first_obs: np.ndarray) -> None:
+        self.observations, self.actions, self.rewards = [first_obs], [], []
+        self.terminations: list[bool] = []
+        self.truncations: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def add(self, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool, truncated: bool) -> None:
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.observations.append(next_obs)
+        self.terminations.append(bool(terminated))
+        self.truncations.append(bool(truncated))
+
+    def episode(self) -> Episode:
+        return Episode(np.asarray(self.observations, np.float32), np.asarray(self.actions, np.float32),
+                       np.asarray(self.rewards, np.float32), np.asarray(self.terminations, bool),
+                       np.asarray(self.truncations, bool))

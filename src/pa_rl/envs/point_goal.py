@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from pa_rl.data.episodes import Episode
+from pa_rl.data.episodes import Episode, EpisodeRecorder
 
 GOAL = np.array([0.8, 0.0], dtype=np.float32)
 START = np.array([-0.8, 0.0], dtype=np.float32)
@@ -55,7 +55,7 @@ def collect_episodes(num_episodes: int, seed: int = 0, expert_fraction: float = 
     for i in range(num_episodes):
         expert = rng.random() < expert_fraction
         obs, _ = env.reset(seed=seed * 100_003 + i)
-        columns: dict[str, list] = {"obs": [obs], "act": [], "rew": [], "term": [], "trunc": []}
+        recorder = EpisodeRecorder(obs)
         done = False
         while not done:
             if expert:
@@ -63,11 +63,8 @@ def collect_episodes(num_episodes: int, seed: int = 0, expert_fraction: float = 
             else:
                 action = rng.uniform(-1, 1, size=2)
             obs, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
-            for key, value in (("obs", obs), ("act", action), ("rew", reward), ("term", terminated), ("trunc", truncated)):
-                columns[key].append(value)
+            recorder.add(action, reward, obs, terminated, truncated)
             done = terminated or truncated
-        episodes.append(Episode(np.asarray(columns["obs"], np.float32), np.asarray(columns["act"], np.float32),
-                                np.asarray(columns["rew"], np.float32), np.asarray(columns["term"], bool),
-                                np.asarray(columns["trunc"], bool)))
+        episodes.append(recorder.episode())
     env.close()
     return episodes
