@@ -1,7 +1,13 @@
-"""The PA-RL agent: a critic trained with optimized actions, and a policy distilled on them."""
+"""The PA-RL agent: a critic trained with optimized actions, and a policy distilled on them.
+
+The policy step can also be one of two class-specific baselines, so they run through the same
+critic, data, phases and evaluation as PA-RL (``AgentConfig.policy_improvement``): the Cal-QL/SAC
+reparameterised actor, and IQL's advantage-weighted regression.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -16,6 +22,9 @@ from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerCon
 from pa_rl.policies.base import Policy
 
 ActMode = Literal["argmax", "softmax", "uniform", "policy"]
+PolicyImprovement = Literal["distill", "reparam", "awr"]
+# What each policy step needs from the policy class beyond the PA-RL contract.
+REQUIRED_METHODS: dict[str, tuple[str, ...]] = {"distill": (), "reparam": ("rsample",), "awr": ("log_prob",)}
 
 
 @dataclass
@@ -37,6 +46,15 @@ class AgentConfig:
     distill_choice: ChooseMode = "softmax"
     distill_temperature: float = 1.0
     distill_with_data_action: bool = True  # the data set action replaces the worst candidate
+    # The policy step: "distill" = PA-RL (fit the policy's own loss to optimized actions); "reparam" =
+    # the Cal-QL/SAC actor, max E[Q(s, a ~ π)] − α log π with automatic α (needs policy.rsample);
+    # "awr" = IQL's advantage-weighted regression on data actions (needs policy.log_prob and --critic iql).
+    # Baselines use distill_lr as their actor lr (= Cal-QL's actor lr 1e-4 in the cpu preset).
+    policy_improvement: PolicyImprovement = "distill"
+    # AWR's β in exp(β·(Q − V)): IQL's value for its expectile 0.7 (MuJoCo); its AntMaze setting is β 10
+    # with expectile 0.9. Our −1-per-step rewards give advantages of order 1, like those tasks.
+    awr_temperature: float = 3.0
+    awr_max_weight: float = 100.0  # AWR weights are clipped here (IQL's value)
     critic: CriticConfig = field(default_factory=CriticConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -52,6 +70,15 @@ class AgentConfig:
                              f"({self.critic.ensemble_size})]")
         if self.objective not in ("calql", "cql", "iql"):
             raise ValueError(f"unknown critic objective {self.objective!r}; choose calql, cql or iql")
+        if self.policy_improvement not in REQUIRED_METHODS:
+            raise ValueError(f"unknown policy_improvement {self.policy_improvement!r}; "
+                             f"choose one of {sorted(REQUIRED_METHODS)}")
+        if self.policy_improvement == "awr" and self.objective != "iql":
+            raise ValueError(f"policy_improvement 'awr' weights data actions by Q − V and needs the IQL value "
+                             f"function: use the iql critic (--critic iql), not {self.objective!r}")
+        if self.awr_temperature <= 0 or self.awr_max_weight <= 0:
+            raise ValueError(f"awr_temperature and awr_max_weight must be > 0, got {self.awr_temperature}, "
+                             f"{self.awr_max_weight}")
 
 
 class Agent(nn.Module):
@@ -65,6 +92,11 @@ class Agent(nn.Module):
             raise TypeError(f"{type(policy).__name__} is not a pa-rl policy: it must be a torch.nn.Module with "
                             "sample(obs, num_samples) -> [B, N, action_dim] and loss(obs, actions) -> scalar")
         self.config = config = config or AgentConfig()
+        missing = [m for m in REQUIRED_METHODS[config.policy_improvement] if not callable(getattr(policy, m, None))]
+        if missing:
+            raise TypeError(f"policy_improvement {config.policy_improvement!r} needs {', '.join(missing)}() on the "
+                            f"policy, which {type(policy).__name__} lacks (GaussianPolicy has it; PA-RL's "
+                            "'distill' works with any policy)")
         self.device = torch.device(device)
         low = np.asarray(action_low, dtype=np.float32).reshape(-1)
         high = np.asarray(action_high, dtype=np.float32).reshape(-1)
@@ -79,6 +111,10 @@ class Agent(nn.Module):
             critic_params += list(self.value.parameters())
         self.critic_optim = torch.optim.Adam(critic_params, lr=config.critic_lr)
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=config.bc_lr)
+        if config.policy_improvement == "reparam":  # SAC's automatic entropy temperature, α = 1 at start
+            self.log_alpha = nn.Parameter(torch.zeros((), device=self.device))
+            self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.distill_lr)
+            self.target_entropy = -float(self.action_dim)
         self.action_optimizer = ActionOptimizer(config.optimizer, low, high)
         self.register_buffer("action_low", torch.tensor(low))
         self.register_buffer("action_high", torch.tensor(high))
@@ -107,13 +143,17 @@ class Agent(nn.Module):
         return actions[0] if single else actions
 
     # ---- learning -----------------------------------------------------------------------------
-    def _policy_step(self, obs: torch.Tensor, actions: torch.Tensor, lr: float) -> float:
+    def _policy_step(self, loss_fn: Callable[[], torch.Tensor], lr: float) -> float:
+        """One Adam step of the policy on ``loss_fn()``; gradients reach the policy's parameters only
+        (an actor loss through the critic leaves the critic's untouched)."""
         for group in self.policy_optim.param_groups:
             group["lr"] = lr
         self.policy.train()
-        loss = self.policy.loss(obs, actions)
-        self.policy_optim.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = loss_fn()
+        params = [p for group in self.policy_optim.param_groups for p in group["params"] if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for param, grad in zip(params, grads):
+            param.grad = grad
         self.policy_optim.step()
         return loss.item()
 
@@ -122,17 +162,17 @@ class Agent(nn.Module):
         cfg = self.config
         self.bc_steps_done += 1
         lr = cfg.bc_lr * min(1.0, self.bc_steps_done / max(cfg.bc_warmup_steps, 1))
-        return {"bc/loss": self._policy_step(batch.obs, batch.actions, lr)}
+        return {"bc/loss": self._policy_step(lambda: self.policy.loss(batch.obs, batch.actions), lr)}
 
     def update(self, batch: Batch, distill: bool = False) -> dict[str, float]:
-        """One critic step (and optionally one distillation step) on ``batch``."""
+        """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``."""
         if self.config.objective == "iql":
             metrics, candidates = self._iql_critic_step(batch), None
         else:
             metrics, candidates = self._cql_critic_step(batch)
         polyak_update(self.target_critic, self.critic, self.config.tau)
         if distill:
-            metrics.update(self._distill_step(batch, candidates))
+            metrics.update(self._improve_policy(batch, candidates))
         return metrics
 
     def _target_values(self, next_obs: torch.Tensor, next_actions: torch.Tensor) -> torch.Tensor:
@@ -193,8 +233,16 @@ class Agent(nn.Module):
                 "critic/q_data": self.critic.values(logits).mean().item(), "critic/v": v.mean().item()}
 
     def distill(self, batch: Batch) -> dict[str, float]:
-        """One distillation step alone (action optimization included)."""
-        return self._distill_step(batch, None)
+        """One policy step alone (for PA-RL: distillation, action optimization included)."""
+        return self._improve_policy(batch, None)
+
+    def _improve_policy(self, batch: Batch, candidates: Candidates | None) -> dict[str, float]:
+        mode = self.config.policy_improvement
+        if mode == "reparam":
+            return self._reparam_step(batch)
+        if mode == "awr":
+            return self._awr_step(batch)
+        return self._distill_step(batch, candidates)
 
     def _distill_step(self, batch: Batch, candidates: Candidates | None) -> dict[str, float]:
         """Fit the policy, with its own loss, to actions chosen from the optimized candidates."""
@@ -206,4 +254,35 @@ class Agent(nn.Module):
                 data_values = self.action_optimizer.value(self.critic, batch.obs, batch.actions)
             candidates = candidates.with_action(batch.actions, data_values)
         targets = candidates.choose(cfg.distill_choice, cfg.distill_temperature)
-        return {"distill/loss": self._policy_step(batch.obs, targets, cfg.distill_lr)}
+        return {"distill/loss": self._policy_step(lambda: self.policy.loss(batch.obs, targets), cfg.distill_lr)}
+
+    def _reparam_step(self, batch: Batch) -> dict[str, float]:
+        """Cal-QL/SAC actor: minimise α log π(a|s) − Q(s, a), a = rsample(s), Q reduced over the
+        ensemble as the action optimizer does (``optimizer.objective``: min is Cal-QL's, mean the
+        PA-RL default); then α follows SAC's rule toward entropy −action_dim."""
+        alpha = self.log_alpha.exp().detach()
+        log_prob = torch.empty(0)
+
+        def actor_loss() -> torch.Tensor:
+            nonlocal log_prob
+            actions, log_prob = self.policy.rsample(batch.obs)
+            return (alpha * log_prob - self.action_optimizer.value(self.critic, batch.obs, actions)).mean()
+
+        loss = self._policy_step(actor_loss, self.config.distill_lr)
+        entropy = -log_prob.detach().mean()
+        alpha_loss = self.log_alpha * (entropy - self.target_entropy)  # α grows while entropy < target
+        self.alpha_optim.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optim.step()
+        return {"actor/loss": loss, "actor/alpha": alpha.item(), "actor/entropy": entropy.item()}
+
+    def _awr_step(self, batch: Batch) -> dict[str, float]:
+        """IQL's policy extraction: −log π(a|s) on data actions, weighted by exp(β·(Q(s, a) − V(s)))
+        clipped at ``awr_max_weight``; Q is the target ensemble's min, as in the IQL value loss."""
+        cfg = self.config
+        with torch.no_grad():
+            advantage = self.target_critic(batch.obs, batch.actions).min(0).values - self.value(batch.obs)[0]
+            weights = torch.exp(cfg.awr_temperature * advantage).clamp(max=cfg.awr_max_weight)
+        loss = self._policy_step(lambda: -(weights * self.policy.log_prob(batch.obs, batch.actions)).mean(),
+                                 cfg.distill_lr)
+        return {"actor/loss": loss, "actor/advantage": advantage.mean().item(), "actor/weight": weights.mean().item()}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pa_rl.policies.base import ActionScaler
 from pa_rl.policies.nets import mlp
@@ -38,6 +39,11 @@ class GaussianPolicy(nn.Module):
         log_std = log_std.clamp(self.config.log_std_min, self.config.log_std_max)
         return mean, log_std.exp()
 
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log p of env-unit actions ``[B, A]`` → ``[B]``, as densities of the actions mapped to [-1, 1]
+        (the affine map's constant Jacobian is left out): the weighted NLL of the AWR baseline."""
+        return self.log_prob_unit(obs, self.scaler.normalize(actions))
+
     def log_prob_unit(self, obs: torch.Tensor, unit_actions: torch.Tensor) -> torch.Tensor:
         """log p of actions already in [-1, 1] (sum over action dimensions)."""
         mean, std = self.distribution(obs)
@@ -47,7 +53,19 @@ class GaussianPolicy(nn.Module):
         return (log_normal - torch.log1p(-a.pow(2))).sum(-1)
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return -self.log_prob_unit(obs, self.scaler.normalize(actions)).mean()
+        return -self.log_prob(obs, actions).mean()
+
+    def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reparameterised action per state (env units, ``[B, A]``) and its log-density in [-1, 1]
+        units (``[B]``), differentiable in the policy's parameters: the SAC / Cal-QL actor's input.
+
+        The tanh correction is log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)), exact and finite
+        where tanh saturates (which the clipped atanh of ``log_prob_unit`` is not)."""
+        mean, std = self.distribution(obs)
+        u = mean + std * torch.randn_like(mean)
+        log_normal = -0.5 * (((u - mean) / std) ** 2 + 2 * std.log() + math.log(2 * math.pi))
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))
+        return self.scaler.unnormalize(torch.tanh(u)), (log_normal - log_det).sum(-1)
 
     def sample(self, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
         mean, std = self.distribution(obs)
