@@ -34,9 +34,9 @@ def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture)
     out = capsys.readouterr().out
     assert "| BC pre-training | base policy |" in out and "| online fine-tuning | PA-RL π̂ (argmax) |" in out
     run = workdir / "runs" / "tiny"
-    for name in ("config.json", "metrics.csv", "summary.json", "curves.png", "checkpoints/final.safetensors",
-                 "checkpoints/final_state.pt"):
+    for name in ("config.json", "metrics.csv", "summary.json", "curves.png", "checkpoints/final.safetensors"):
         assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.pt"))  # the training state, for --resume
     assert any((run / "tensorboard").iterdir())
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["train"]["bc_steps"] == 20 and config["dataset_id"] == "pa-rl/pointmaze-umaze-v0"

@@ -56,7 +56,20 @@ class ReplayBuffer:
     """A ring buffer of transitions, allocated once at full capacity on one device.
 
     Episodes are added whole, so the Monte-Carlo bound of each transition is known when it enters.
+    Memory is ``capacity × bytes_per_transition(obs_dim, action_dim)`` from the start and never
+    grows: a 1M-transition buffer for Meta-World (39-d observations, 4-d actions) takes 340 MB.
     """
+
+    COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminals", "mc_returns")
+
+    @staticmethod
+    def bytes_per_transition(obs_dim: int, action_dim: int) -> int:
+        """float32 obs, action, reward, next obs, terminal flag and Monte-Carlo return."""
+        return 4 * (2 * obs_dim + action_dim + 3)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in self.storage.values())
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu") -> None:
         if capacity < 1:
@@ -90,6 +103,19 @@ class ReplayBuffer:
             self.storage[name][index] = torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
         self.position = (self.position + steps) % self.capacity
         self.size = min(self.size + steps, self.capacity)
+
+    def state_dict(self) -> dict[str, object]:
+        """The filled part only (a fresh 1M buffer checkpoints as nothing)."""
+        return {"size": self.size, "position": self.position, "capacity": self.capacity,
+                "storage": {name: tensor[: self.size].cpu() for name, tensor in self.storage.items()}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"replay buffer state has capacity {state['capacity']}, this buffer {self.capacity}")
+        self.drop_policy_samples()
+        for name, tensor in state["storage"].items():
+            self.storage[name][: len(tensor)] = tensor.to(self.device)
+        self.size, self.position = int(state["size"]), int(state["position"])
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         if self.size == 0:

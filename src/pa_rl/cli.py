@@ -16,6 +16,7 @@ commands:
   pa-rl data make NAME [--out DIR]    generate a built-in data set (Minari format)
   pa-rl data info NAME|ID|PATH        size, episodes, returns, success of a data set
   pa-rl train [--preset cpu|paper] [OPTIONS]   BC → offline PA-RL → online fine-tuning
+  pa-rl train --resume RUN            continue a killed run from its newest checkpoint
   pa-rl eval RUN [--video FILE]       evaluate a saved run
   pa-rl plot RUN... [--out FILE]      overlay learning curves of runs
 """
@@ -56,27 +57,35 @@ def _train(argv: Sequence[str]) -> None:
 
     from pa_rl.plotting import plot_runs
     from pa_rl.presets import PRESETS
-    from pa_rl.runs import (RunConfig, RunError, build_agent, resolve_dataset, save_training_state, save_weights,
-                            write_config)
+    from pa_rl.runs import RunConfig, RunError, build_agent, read_config, resolve_dataset, save_weights, write_config
     from pa_rl.train import train
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    pre.add_argument("--resume", type=Path, default=None)
     known, rest = pre.parse_known_args(argv)
-    config = tyro.cli(RunConfig, default=PRESETS[known.preset](), args=rest, prog="pa-rl train",
-                      description=f"Train with PA-RL (defaults shown are preset {known.preset!r}; "
-                                  f"--preset {'|'.join(sorted(PRESETS))} picks another).")
+    if known.resume is not None:
+        if rest:
+            raise RunError(f"--resume continues a run with its own config.json; drop the other options {rest}")
+        config, resume = read_config(known.resume), True
+    else:
+        config = tyro.cli(RunConfig, default=PRESETS[known.preset](), args=rest, prog="pa-rl train",
+                          description=f"Train with PA-RL (defaults shown are preset {known.preset!r}; "
+                                      f"--preset {'|'.join(sorted(PRESETS))} picks another; "
+                                      "--resume RUN continues a killed run).")
+        resume = False
+        if (config.run_dir / "config.json").exists():
+            raise RunError(f"run {config.run_dir} already exists: continue it with --resume {config.run_dir}, pick "
+                           "another --name, or delete that folder")
     run_dir = config.run_dir
-    if (run_dir / "config.json").exists():
-        raise RunError(f"run {run_dir} already exists: pick another --name or delete that folder")
     data = resolve_dataset(config)
     agent = build_agent(config, data)
-    write_config(config, data)
+    if not resume:
+        write_config(config, data)
     print(f"run {run_dir}: {config.policy} policy, {config.agent.objective} critic, {data.dataset_id} "
-          f"({sum(len(e) for e in data.episodes)} transitions), device {config.device}", file=sys.stderr)
-    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir=run_dir)
+          f"({data.num_transitions} transitions), device {config.device}", file=sys.stderr)
+    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
     save_weights(agent, run_dir / "checkpoints" / "final.safetensors")
-    save_training_state(agent, result.summary, run_dir / "checkpoints" / "final_state.pt")
     plot_runs([run_dir], run_dir / "curves.png")
     print(summary_table(result.summary))
     print(f"\nwrote {run_dir}/ (config.json, metrics.csv, tensorboard/, checkpoints/, curves.png, summary.json)")
@@ -157,12 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0 if argv else 2
+    from pa_rl.checkpoint import CheckpointError
     from pa_rl.data import DataError
-    from pa_rl.runs import RunError
+    from pa_rl.train import EnvironmentFault, RunError
 
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (DataError, RunError, ValueError, TypeError, FileNotFoundError) as error:
+    except (DataError, RunError, CheckpointError, EnvironmentFault, ValueError, TypeError,
+            FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as error:  # argparse and tyro report usage errors themselves

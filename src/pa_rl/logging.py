@@ -5,28 +5,43 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from pa_rl.checkpoint import write_atomically
+
 
 class MetricsLogger:
     """Writes ``metrics.csv`` (phase, step, env_steps, metric, value) and TensorBoard events.
 
-    With no run directory it only keeps the evaluation history in memory.
+    With no run directory it only keeps the evaluation history in memory. A resumed run passes
+    what its checkpoint saw (``rows``, ``evaluations``, ``step``): rows written after that
+    checkpoint are cut from the CSV and TensorBoard purges its events past ``step``, so the
+    history reads as if the run had never been interrupted.
     """
 
-    def __init__(self, run_dir: str | Path | None) -> None:
+    HEADER = ["phase", "step", "env_steps", "metric", "value"]
+
+    def __init__(self, run_dir: str | Path | None, rows: int = 0,
+                 evaluations: list[dict[str, float | str | int]] | None = None, step: int | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.evaluations: list[dict[str, float | str | int]] = []
+        self.evaluations = list(evaluations or [])
+        self.rows = rows
         self._file = self._writer = self._tb = None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "metrics.csv"
-            new = not path.exists()
+            lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+            kept = lines[: rows + 1]
+            if len(kept) != rows + (1 if rows or kept else 0):
+                raise ValueError(f"{path} has fewer rows than its checkpoint recorded ({rows}): it was damaged")
+            if kept != lines:  # cut, atomically, what was logged after the checkpoint
+                write_atomically(path, lambda tmp: tmp.write_text("".join(kept)))
             self._file = path.open("a", newline="")
             self._writer = csv.writer(self._file)
-            if new:
-                self._writer.writerow(["phase", "step", "env_steps", "metric", "value"])
+            if not kept:
+                self._writer.writerow(self.HEADER)
+            self._file.flush()
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=None if step is None else step + 1)
 
     def log(self, phase: str, step: int, env_steps: int, metrics: dict[str, float]) -> None:
         if self._writer is None:
@@ -34,6 +49,7 @@ class MetricsLogger:
         for name, value in metrics.items():
             self._writer.writerow([phase, step, env_steps, name, f"{value:.6g}"])
             self._tb.add_scalar(name, value, step)
+            self.rows += 1
         self._file.flush()
 
     def log_evaluation(self, phase: str, step: int, env_steps: int, metrics: dict[str, float]) -> None:

@@ -8,7 +8,6 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,16 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pa_rl.agent import Agent, AgentConfig
+from pa_rl.checkpoint import write_atomically
 from pa_rl.data import LoadedDataset, available_datasets, load_dataset, make_dataset
 from pa_rl.data.minari_io import datasets_root
 from pa_rl.policies import DiffusionConfig, FlowConfig, GaussianConfig, TokenConfig, make_policy
-from pa_rl.train import TrainConfig
+from pa_rl.train import RunError, TrainConfig, to_jsonable
 
 PolicyName = Literal["diffusion", "gaussian", "token", "flow"]
-
-
-class RunError(RuntimeError):
-    """A run directory that cannot be used as asked (missing, clashing, or from another config)."""
 
 
 @dataclass
@@ -58,16 +54,6 @@ class RunConfig:
     @property
     def policy_config(self) -> Any:
         return getattr(self, self.policy)
-
-
-def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
@@ -110,33 +96,21 @@ def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
     return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary file, fsync it, then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_weights(agent: Agent, path: Path) -> None:
     """Write all weights (policy, critic, target, value) as safetensors, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def save_training_state(agent: Agent, summary: dict[str, Any], path: Path) -> None:
-    """Optimizer states, counters and RNG state beside the weights (torch format: they are not tensors only)."""
-    state = {"critic_optim": agent.critic_optim.state_dict(), "policy_optim": agent.policy_optim.state_dict(),
-             "bc_steps_done": agent.bc_steps_done, "updates": summary["updates"], "env_steps": summary["env_steps"],
-             "torch_rng": torch.get_rng_state()}
-    write_atomically(path, lambda tmp: torch.save(state, tmp))
-
-
 def load_weights(agent: Agent, path: Path) -> None:
-    state = load_file(str(path), device=str(agent.device))
-    missing, unexpected = agent.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(path), device=str(agent.device))
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise RunError(f"{path} cannot be read ({error}): the weights file is damaged") from error
+    try:
+        missing, unexpected = agent.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise RunError(f"{path} does not match this run's config (tensor shapes differ)") from error
     if missing or unexpected:
         raise RunError(f"{path} does not match this run's config: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -146,8 +120,7 @@ def write_config(config: RunConfig, data: LoadedDataset) -> None:
 
     payload = {"pa_rl_version": pa_rl.__version__, "torch_version": torch.__version__,
                "dataset_path": data.path, "dataset_id": data.dataset_id, "config": to_jsonable(config)}
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    (config.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
+    write_atomically(config.run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
 def read_config(run_dir: Path) -> RunConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +19,19 @@ from tqdm.auto import tqdm
 
 from pa_rl.agent import ActMode, Agent
 from pa_rl.buffer import Batch, ReplayBuffer
-from pa_rl.data.episodes import Episode, EpisodeRecorder
+from pa_rl.checkpoint import CheckpointError, CheckpointStore
+from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
+
+log = logging.getLogger("pa_rl")
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked (missing, clashing, or from another config)."""
+
+
+PHASES = ("bc", "offline", "online", "done")
 
 
 @dataclass
@@ -36,7 +47,7 @@ class TrainConfig:
     online_distill_utd: float = 1.0  # distillation updates per new env step
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
     warmup_episodes: int = 2  # online episodes collected before the first online update
-    online_buffer_size: int = 1_000_000
+    online_buffer_size: int = 1_000_000  # transitions; preallocated (see ReplayBuffer.bytes_per_transition)
     collect_mode: ActMode = "argmax"
     eval_every: int = 5_000  # offline updates / online env steps between evaluations
     eval_episodes: int = 20
@@ -44,11 +55,14 @@ class TrainConfig:
     max_episode_steps: int = 1_000  # cap for envs without a time limit of their own
     reward_scale: float = 1.0  # r' = reward_scale · r + reward_bias, for data and env alike
     reward_bias: float = 0.0
+    checkpoint_every: int = 5_000  # updates (BC, offline) or env steps (online, at the next episode end)
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
     log_every: int = 100
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every"):
+        for name in ("batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
+                     "online_buffer_size", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_episodes",
@@ -57,12 +71,30 @@ class TrainConfig:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 <= self.mixing_ratio <= 1:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {self.mixing_ratio}")
+        if not (np.isfinite(self.reward_scale) and np.isfinite(self.reward_bias)):
+            raise ValueError(f"reward_scale and reward_bias must be finite, got {self.reward_scale}, {self.reward_bias}")
 
 
 @dataclass
 class TrainResult:
     summary: dict[str, Any]
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; with the RNG states it is what a checkpoint must restore exactly."""
+
+    phase: str = "bc"  # the phase under way (PHASES), "done" at the end
+    step: int = 0  # updates (bc, offline) or env steps (online) done in that phase
+    updates: int = 0
+    env_steps: int = 0
+    episodes: int = 0  # online episodes collected
+    elapsed_s: float = 0.0  # wall clock of earlier sessions of this run
+
+
+class EnvironmentFault(RuntimeError):
+    """The environment raised or returned non-finite values during online training."""
 
 
 def seed_everything(seed: int) -> None:
@@ -77,12 +109,69 @@ def transform_rewards(episodes: Sequence[Episode], scale: float, bias: float) ->
     return [dataclasses.replace(e, rewards=(scale * e.rewards + bias).astype(np.float32)) for e in episodes]
 
 
+def check_env(env: gym.Env, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray) -> None:
+    """The environment must offer the Box spaces the data and the agent were built for."""
+    obs_space, action_space = env.observation_space, env.action_space
+    if not isinstance(action_space, gym.spaces.Box) or action_space.shape != (len(action_low),):
+        raise DataError(f"the environment's action space {action_space} does not match the data's "
+                        f"{len(action_low)}-d Box actions; pa-rl needs a 1-d Box and data recorded in this env")
+    if not (np.allclose(action_space.low, action_low, atol=1e-6) and np.allclose(action_space.high, action_high,
+                                                                                 atol=1e-6)):
+        raise DataError(f"the environment's action bounds [{action_space.low}, {action_space.high}] differ from the "
+                        f"data's [{action_low}, {action_high}]; use data recorded in this env")
+    if not isinstance(obs_space, gym.spaces.Box) or gym.spaces.flatdim(obs_space) != obs_dim:
+        raise DataError(f"the environment's observation space {obs_space} does not match the data's {obs_dim}-d "
+                        "observations; flatten Dict observations (gymnasium.wrappers.FlattenObservation) and use "
+                        "data recorded in this env")
+
+
+def configs_of(agent: Agent, config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed by this agent and config."""
+    policy_config = getattr(agent.policy, "config", None)
+    return {"agent": to_jsonable(agent.config), "train": to_jsonable(dataclasses.replace(config, progress=True)),
+            "policy": {"class": type(agent.policy).__name__, "config": to_jsonable(policy_config)}}
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses to dicts, tuples to lists, paths to strings: the form configs are stored and compared in."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two ``to_jsonable`` trees differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for key in sorted(set(saved) | set(current))
+                for d in differences(saved.get(key), current.get(key), f"{prefix}{key}.")]
+    return [] if saved == current else [f"{prefix[:-1]} (checkpoint {saved!r}, now {current!r})"]
+
+
 class Trainer:
-    """Runs the phases for one agent; ``train`` is the one-call front door."""
+    """Runs the phases for one agent, checkpointing as it goes; ``train`` is the one-call front door.
+
+    With a ``run_dir`` it writes metrics there and checkpoints to ``run_dir/checkpoints``; with
+    ``resume=True`` it continues from the newest valid checkpoint there, and a resumed run on
+    CPU produces the same metrics as an uninterrupted one.
+    """
 
     def __init__(self, agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env],
-                 config: TrainConfig, run_dir: str | Path | None = None) -> None:
+                 config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> None:
         self.agent, self.config, self.make_env = agent, config, make_env
+        low, high = agent.action_low.cpu().numpy(), agent.action_high.cpu().numpy()
+        check_episodes(episodes, agent.obs_dim, low, high)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", config.keep_checkpoints) if run_dir else None
+        if self.run_dir is not None and not resume and (self.run_dir / "metrics.csv").exists():
+            raise RunError(f"{self.run_dir} already holds a run; resume it or use a new folder")
+        if resume and self.checkpoints is None:
+            raise ValueError("resume=True needs the run_dir of the run to resume")
+        self._eval_envs = [make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
+        check_env(self._eval_envs[0], agent.obs_dim, low, high)
         seed_everything(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         episodes = transform_rewards(episodes, config.reward_scale, config.reward_bias)
@@ -90,11 +179,81 @@ class Trainer:
         self.offline = ReplayBuffer.from_episodes(episodes, gamma, device=agent.device)
         self.floor_reward = min(float(e.rewards.min()) for e in episodes if len(e))
         self.online = ReplayBuffer(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device)
-        self.logger = MetricsLogger(run_dir)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.updates = 0
-        self.env_steps = 0
-        self._eval_envs: list[gym.Env] | None = None
+        self.progress = Progress()
+        self.summary: dict[str, Any] = {}
+        self.offline_rng: torch.Tensor | None = None  # global RNG when the offline sample cache was drawn
+        checkpoint = self._load_checkpoint() if resume else None
+        if checkpoint is None:
+            self.logger = MetricsLogger(run_dir)
+        else:
+            self.logger = MetricsLogger(run_dir, checkpoint["metrics_rows"], checkpoint["evaluations"],
+                                        checkpoint["progress"]["updates"])
+            self._restore(checkpoint)
+        self._session_start = time.perf_counter()
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        import pa_rl
+
+        optimizers = {name: value.state_dict() for name, value in vars(self.agent).items()
+                      if isinstance(value, torch.optim.Optimizer)}
+        return {
+            "pa_rl_version": pa_rl.__version__, "configs": configs_of(self.agent, self.config),
+            "progress": dataclasses.asdict(self._progress_now()), "summary": self.summary,
+            "agent": self.agent.state_dict(), "optimizers": optimizers,
+            "bc_steps_done": self.agent.bc_steps_done,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "numpy": _numpy_state_to_tensors(np.random.get_state()), "python": random.getstate()},
+            "offline_rng": self.offline_rng,
+            "online_buffer": self.online.state_dict(),
+            "metrics_rows": self.logger.rows, "evaluations": self.logger.evaluations,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        return None if self.checkpoints is None else self.checkpoints.save(self.state_dict())
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        import pa_rl
+
+        found = self.checkpoints.load_latest()
+        if found is None:
+            if self.checkpoints.paths():
+                log.warning("no checkpoint in %s could be read: restarting the run from the beginning",
+                            self.checkpoints.directory)
+            return None
+        path, checkpoint = found
+        if checkpoint["pa_rl_version"] != pa_rl.__version__:
+            raise CheckpointError(f"{path} was written by pa-rl {checkpoint['pa_rl_version']}, this is "
+                                  f"{pa_rl.__version__}: resume with that version, or start a new run")
+        changed = differences(checkpoint["configs"], configs_of(self.agent, self.config))
+        if changed:
+            raise CheckpointError(f"{path} was written with another config: {'; '.join(changed[:5])}. Resume with "
+                                  "the run's own config (pa-rl train --resume RUN), or start a new run")
+        log.warning("resuming from %s (%s, step %d)", path, checkpoint["progress"]["phase"],
+                    checkpoint["progress"]["step"])
+        return checkpoint
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.agent.load_state_dict(checkpoint["agent"])
+        for name, state in checkpoint["optimizers"].items():
+            getattr(self.agent, name).load_state_dict(state)
+        self.agent.bc_steps_done = checkpoint["bc_steps_done"]
+        self.online.load_state_dict(checkpoint["online_buffer"])
+        self.progress = Progress(**checkpoint["progress"])
+        self.summary = checkpoint["summary"]
+        self.offline_rng = checkpoint["offline_rng"]
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.generator.set_state(rng["generator"])
+        np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
+        random.setstate(rng["python"])
+
+    def _progress_now(self) -> Progress:
+        return dataclasses.replace(self.progress, elapsed_s=self.progress.elapsed_s
+                                   + time.perf_counter() - self._session_start)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _batch(self) -> Batch:
@@ -106,75 +265,131 @@ class Trainer:
         return Batch.cat([p for p in parts if len(p)])
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, disable=not self.config.progress, dynamic_ncols=True, leave=False)
+        return tqdm(total=total, initial=self.progress.step, desc=desc, disable=not self.config.progress,
+                    dynamic_ncols=True, leave=False)
 
     def evaluate(self, phase: str, modes: Sequence[tuple[str, ActMode]] = (("pa_rl", "argmax"), ("policy", "policy"))
                  ) -> dict[str, float]:
         """Success and return of the PA-RL policy π̂ (argmax) and of the raw base policy."""
         cfg = self.config
-        if self._eval_envs is None:
-            self._eval_envs = [self.make_env() for _ in range(min(cfg.eval_episodes, cfg.eval_parallel))]
         seeds = [10_000 + cfg.seed * 1_000 + i for i in range(cfg.eval_episodes)]
         metrics: dict[str, float] = {}
         for label, mode in modes:
             result = evaluate(self._eval_envs, lambda obs, mode=mode: self.agent.act(obs, mode).cpu().numpy(), seeds,
                               cfg.max_episode_steps)
             metrics.update({f"eval/{label}_{key}": value for key, value in result.items()})
-        self.logger.log_evaluation(phase, self.updates, self.env_steps, metrics)
+        self.logger.log_evaluation(phase, self.progress.updates, self.progress.env_steps, metrics)
         return metrics
+
+    def _step_done(self, phase: str, metrics: dict[str, float], bar: tqdm | None) -> None:
+        """Count one update of an update-driven phase; evaluate and checkpoint when they are due."""
+        self._after_update(phase, metrics, bar)
+        progress, cfg = self.progress, self.config
+        progress.step += 1
+        budget = cfg.bc_steps if phase == "bc" else cfg.offline_steps
+        if phase == "offline" and progress.step % cfg.eval_every == 0 and progress.step < budget:
+            bar.set_postfix(self.evaluate("offline"))
+        if progress.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
 
     # ---- phases ---------------------------------------------------------------------------------
     def behaviour_cloning(self) -> None:
         with self._bar(self.config.bc_steps, "bc") as bar:
-            for _ in range(self.config.bc_steps):
+            while self.progress.step < self.config.bc_steps:
                 metrics = self.agent.bc_update(self.offline.sample(self.config.batch_size, self.generator))
-                self._after_update("bc", metrics, bar)
+                self._step_done("bc", metrics, bar)
 
     def offline_rl(self) -> None:
         cfg = self.config
         if cfg.cache_policy_samples and cfg.offline_distill_every == 0 and len(self.online) == 0:
+            # Draw the cache from the RNG state of the phase's start, so a resumed run gets the same one.
+            now = torch.get_rng_state()
+            if self.offline_rng is None:
+                self.offline_rng = now
+            torch.set_rng_state(self.offline_rng)
             self.offline.cache_policy_samples(self.agent.sample_policy, progress=cfg.progress)
+            if self.progress.step > 0:
+                torch.set_rng_state(now)
         try:
-            self._offline_updates()
+            with self._bar(cfg.offline_steps, "offline") as bar:
+                while self.progress.step < cfg.offline_steps:
+                    every = cfg.offline_distill_every
+                    distill = every > 0 and (self.progress.step + 1) % every == 0
+                    self._step_done("offline", self.agent.update(self._batch(), distill=distill), bar)
         finally:
             self.offline.drop_policy_samples()
 
-    def _offline_updates(self) -> None:
-        cfg = self.config
-        with self._bar(cfg.offline_steps, "offline") as bar:
-            for step in range(1, cfg.offline_steps + 1):
-                distill = cfg.offline_distill_every > 0 and step % cfg.offline_distill_every == 0
-                self._after_update("offline", self.agent.update(self._batch(), distill=distill), bar)
-                if step % cfg.eval_every == 0 and step < cfg.offline_steps:
-                    bar.set_postfix(self.evaluate("offline"))
-
     def online_rl(self) -> None:
+        """Collect whole episodes, update after each; checkpoint at episode ends (an env cannot be saved mid-episode)."""
         cfg = self.config
         env = self.make_env()
-        obs, _ = env.reset(seed=cfg.seed)
-        recorder = EpisodeRecorder(obs)
-        episodes = 0
-        with self._bar(cfg.online_env_steps, "online") as bar:
-            for step in range(1, cfg.online_env_steps + 1):
-                action = self.agent.act(np.asarray(obs, dtype=np.float32), cfg.collect_mode).cpu().numpy()
-                obs, reward, terminated, truncated, _ = env.step(action)
-                self.env_steps += 1
-                truncated = truncated or len(recorder) + 1 >= cfg.max_episode_steps
-                recorder.add(action, cfg.reward_scale * reward + cfg.reward_bias, obs, terminated, truncated)
-                bar.update(1)
-                if terminated or truncated or step == cfg.online_env_steps:
-                    episode = recorder.episode()
-                    self.online.add_episode(episode, self.agent.config.gamma, self.floor_reward)
-                    episodes += 1
-                    self.logger.log("online", self.updates, self.env_steps,
-                                    {"online/episode_return": float(episode.rewards.sum())})
-                    if episodes > cfg.warmup_episodes:
+        try:
+            check_env(env, self.agent.obs_dim, self.agent.action_low.cpu().numpy(),
+                      self.agent.action_high.cpu().numpy())
+            with self._bar(cfg.online_env_steps, "online") as bar:
+                while self.progress.step < cfg.online_env_steps:
+                    before = self.progress.step
+                    episode = self._collect_episode(env, bar)
+                    self._store_episode(episode)
+                    if self.progress.episodes > cfg.warmup_episodes:
                         self._online_updates(len(episode))
-                    obs, _ = env.reset()
-                    recorder = EpisodeRecorder(obs)
-                if step % cfg.eval_every == 0 and step < cfg.online_env_steps:
-                    bar.set_postfix(self.evaluate("online"))
-        env.close()
+                    if before // cfg.checkpoint_every < self.progress.step // cfg.checkpoint_every:
+                        self.save_checkpoint()
+        finally:
+            env.close()
+
+    def _store_episode(self, episode: Episode) -> None:
+        self.online.add_episode(episode, self.agent.config.gamma, self.floor_reward)
+        self.progress.episodes += 1
+        self.logger.log("online", self.progress.updates, self.progress.env_steps,
+                        {"online/episode_return": float(episode.rewards.sum())})
+
+    def _collect_episode(self, env: gym.Env, bar: tqdm) -> Episode:
+        """One episode of at most ``max_episode_steps``, cut at the phase's budget; evaluates when due.
+
+        Each episode's reset seed is derived from the run seed and the episode index, so a resumed
+        run meets the same episodes. If the env raises or returns a non-finite observation or
+        reward, the steps before the fault are kept as a truncated episode, a checkpoint is
+        written and :class:`EnvironmentFault` is raised.
+        """
+        cfg, progress = self.config, self.progress
+        try:
+            obs, _ = env.reset(seed=1_000_000 * (cfg.seed + 1) + progress.episodes)
+        except Exception as error:
+            raise self._fault(None, f"env.reset raised {type(error).__name__}: {error}") from error
+        recorder = EpisodeRecorder(np.asarray(obs, dtype=np.float32))
+        while True:
+            action = self.agent.act(recorder.observations[-1], cfg.collect_mode).cpu().numpy()
+            try:
+                obs, reward, terminated, truncated, _ = env.step(action)
+            except Exception as error:
+                raise self._fault(recorder, f"env.step raised {type(error).__name__}: {error}") from error
+            obs = np.asarray(obs, dtype=np.float32)
+            if not (np.isfinite(obs).all() and np.isfinite(reward)):
+                raise self._fault(recorder, f"env.step returned a non-finite observation or reward ({reward})")
+            progress.step += 1
+            progress.env_steps += 1
+            truncated = truncated or len(recorder) + 1 >= cfg.max_episode_steps or progress.step == cfg.online_env_steps
+            recorder.add(action, cfg.reward_scale * float(reward) + cfg.reward_bias, obs, terminated, truncated)
+            bar.update(1)
+            if progress.step % cfg.eval_every == 0 and progress.step < cfg.online_env_steps:
+                bar.set_postfix(self.evaluate("online"))
+            if terminated or truncated:
+                return recorder.episode()
+
+    def _fault(self, recorder: EpisodeRecorder | None, what: str) -> EnvironmentFault:
+        """Keep the steps before the fault as a truncated episode, checkpoint, and describe it all."""
+        kept, episode_index = 0, self.progress.episodes
+        if recorder is not None and len(recorder):
+            recorder.truncations[-1] = True
+            episode = recorder.episode()
+            self._store_episode(episode)
+            kept = len(episode)
+        path = self.save_checkpoint()
+        where = f"checkpoint {path} was written; resume with `pa-rl train --resume RUN`" if path else "no run_dir"
+        return EnvironmentFault(f"{what} at online env step {self.progress.env_steps + 1} (episode {episode_index}); "
+                                f"the {kept} steps before it were kept as a truncated episode and the faulty step "
+                                f"dropped; {where}")
 
     def _online_updates(self, new_steps: int) -> None:
         critic_updates = round(new_steps * self.config.online_critic_utd)
@@ -188,40 +403,57 @@ class Trainer:
             self._after_update("online", metrics, None)
 
     def _after_update(self, phase: str, metrics: dict[str, float], bar: tqdm | None) -> None:
-        self.updates += 1
-        if self.updates % self.config.log_every == 0:
-            self.logger.log(phase, self.updates, self.env_steps, metrics)
+        self.progress.updates += 1
+        if self.progress.updates % self.config.log_every == 0:
+            self.logger.log(phase, self.progress.updates, self.progress.env_steps, metrics)
             if bar is not None:
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
         if bar is not None:
             bar.update(1)
 
     def run(self) -> TrainResult:
-        """BC → offline RL → online fine-tuning; phases with a zero budget are skipped."""
-        cfg, start = self.config, time.perf_counter()
-        summary: dict[str, Any] = {}
-        if cfg.bc_steps:
-            self.behaviour_cloning()
-            summary["bc"] = self.evaluate("bc", modes=(("policy", "policy"),))
-        if cfg.offline_steps:
-            self.offline_rl()
-            summary["offline"] = self.evaluate("offline")
-        if cfg.online_env_steps:
-            self.online_rl()
-            summary["online"] = self.evaluate("online")
-        elapsed = time.perf_counter() - start
-        summary.update({"wall_clock_s": elapsed, "updates": self.updates, "env_steps": self.env_steps,
-                        "updates_per_s": self.updates / elapsed if elapsed else 0.0})
-        if self.run_dir is not None:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.logger.close()
-        for env in self._eval_envs or []:
-            env.close()
-        return TrainResult(summary, self.logger.evaluations)
+        """BC → offline RL → online fine-tuning, from wherever the run stands; phases with a zero budget are skipped.
+
+        Each phase ends with an evaluation, then a checkpoint that starts the next phase.
+        """
+        cfg = self.config
+        phases = {"bc": (cfg.bc_steps, self.behaviour_cloning, (("policy", "policy"),)),
+                  "offline": (cfg.offline_steps, self.offline_rl, (("pa_rl", "argmax"), ("policy", "policy"))),
+                  "online": (cfg.online_env_steps, self.online_rl, (("pa_rl", "argmax"), ("policy", "policy")))}
+        try:
+            for name, (budget, phase, modes) in phases.items():
+                if PHASES.index(name) < PHASES.index(self.progress.phase):
+                    continue
+                if budget:
+                    phase()
+                    self.summary[name] = self.evaluate(name, modes)
+                self.progress = dataclasses.replace(self.progress, phase=PHASES[PHASES.index(name) + 1], step=0)
+                self.save_checkpoint()
+            progress = self._progress_now()
+            self.summary.update({"wall_clock_s": progress.elapsed_s, "updates": progress.updates,
+                                 "env_steps": progress.env_steps,
+                                 "updates_per_s": progress.updates / progress.elapsed_s if progress.elapsed_s else 0.0})
+            if self.run_dir is not None:
+                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        finally:
+            self.logger.close()
+            for env in self._eval_envs:
+                env.close()
+        return TrainResult(self.summary, self.logger.evaluations)
+
+
+def _numpy_state_to_tensors(state: tuple) -> tuple:
+    """numpy's RNG state with its key array as a tensor (checkpoints load with weights_only=True)."""
+    return (state[0], torch.from_numpy(state[1].astype(np.int64)), *state[2:])
+
+
+def _numpy_state_from_tensors(state: tuple) -> tuple:
+    return (state[0], state[1].numpy().astype(np.uint32), *state[2:])
 
 
 def train(agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env],
-          config: TrainConfig | None = None, run_dir: str | Path | None = None) -> TrainResult:
+          config: TrainConfig | None = None, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Pre-train ``agent.policy`` by BC on ``episodes``, then offline PA-RL, then online fine-tuning
-    in envs from ``make_env``; returns the summary and every evaluation."""
-    return Trainer(agent, episodes, make_env, config or TrainConfig(), run_dir).run()
+    in envs from ``make_env``; returns the summary and every evaluation. ``resume=True`` continues
+    the run in ``run_dir`` from its newest valid checkpoint."""
+    return Trainer(agent, episodes, make_env, config or TrainConfig(), run_dir, resume).run()

@@ -25,16 +25,9 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage.datasets_root_dir import get_dataset_path
 
-from pa_rl.data.episodes import Episode
+from pa_rl.data.episodes import DataError, Episode, check_episode
 
 __all__ = ["DataError", "LoadedDataset", "load_dataset", "write_dataset", "datasets_root"]
-
-ACTION_BOUND_TOLERANCE = 1e-6
-
-
-class DataError(ValueError):
-    """A dataset cannot be used as given; the message says what is wrong and how to fix it."""
-
 
 def datasets_root() -> Path:
     """Minari's local dataset root: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``."""
@@ -156,7 +149,7 @@ def load_dataset(id_or_path: str) -> LoadedDataset:
     episodes = []
     for ep in minari_episodes:
         episode = _convert_episode(ep, observation_space, action_space, dataset_id)
-        _check_episode(episode, ep.id, action_space, dataset_id)
+        check_episode(episode, f"Dataset {dataset_id!r}, episode {ep.id}", action_low, action_high)
         episodes.append(episode)
     if sum(len(ep) for ep in episodes) == 0:
         raise DataError(f"Dataset {dataset_id!r} ({data_dir}) has zero transitions.")
@@ -339,29 +332,3 @@ def _convert_episode(
             "T steps)."
         )
     return Episode(observations, actions, rewards, terminations, truncations)
-
-
-def _check_episode(
-    episode: Episode, episode_id: int, action_space: gym.spaces.Box, dataset_id: str
-) -> None:
-    for name in ("observations", "actions", "rewards"):
-        values = getattr(episode, name)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise DataError(
-                f"Dataset {dataset_id!r}, episode {episode_id}: non-finite {name} "
-                f"(first at step {row}: {values[row]}). Clean or drop that episode and rewrite "
-                "the dataset."
-            )
-    low = action_space.low.astype(np.float64) - ACTION_BOUND_TOLERANCE
-    high = action_space.high.astype(np.float64) + ACTION_BOUND_TOLERANCE
-    outside = (episode.actions < low) | (episode.actions > high)
-    if outside.any():
-        row, col = (int(i) for i in np.argwhere(outside)[0])
-        raise DataError(
-            f"Dataset {dataset_id!r}, episode {episode_id}: action[{row}][{col}] = "
-            f"{episode.actions[row, col]} is outside the action space bounds "
-            f"[{action_space.low[col]}, {action_space.high[col]}]. Clip the actions to the bounds "
-            "(or record the correct action space) and rewrite the dataset."
-        )
