@@ -20,7 +20,7 @@ from pa_rl.checkpoint import write_atomically
 from pa_rl.data import LoadedDataset, available_datasets, load_dataset, make_dataset
 from pa_rl.data.minari_io import datasets_root
 from pa_rl.policies import DiffusionConfig, FlowConfig, GaussianConfig, TokenConfig, make_policy
-from pa_rl.train import RunError, TrainConfig, to_jsonable
+from pa_rl.train import RunError, TrainConfig, seed_everything, to_jsonable
 
 PolicyName = Literal["diffusion", "gaussian", "token", "flow"]
 
@@ -92,6 +92,8 @@ def resolve_dataset(config: RunConfig) -> LoadedDataset:
 
 
 def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
+    """The run's agent, its initial weights drawn under the run's seed (same config, same weights)."""
+    seed_everything(config.train.seed)
     policy = make_policy(config.policy, data.observation_dim, data.action_low, data.action_high, config.policy_config)
     return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
 

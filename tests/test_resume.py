@@ -1,0 +1,177 @@
+"""Reliability: SIGKILL at any point then resume gives the uninterrupted run's results; damaged or
+foreign checkpoints are refused or skipped with a message; environment faults lose no data."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pa_rl
+from pa_rl import ReplayBuffer, TrainConfig, train
+from pa_rl.checkpoint import CheckpointError, CheckpointStore
+from pa_rl.cli import main
+from pa_rl.envs.point_goal import collect_episodes
+from pa_rl.train import EnvironmentFault, Trainer
+
+from resume_worker import CONFIG, make_agent
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+def run_worker(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(WORKER), str(run_dir), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    weights_a, weights_b = load_file(str(a / "final.safetensors")), load_file(str(b / "final.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_sigkill_in_every_phase_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert run_worker(reference).returncode == 0
+    # Each launch dies at one point: mid-BC, as the BC evaluation starts, mid-offline (after an
+    # offline evaluation), mid-episode online; the last one finishes the run.
+    for i, kill in enumerate(["bc_update:13", "evaluate:1", "update:25", "env_step:50"]):
+        proc = run_worker(killed, *(["--resume"] if i else []), "--kill-at", kill)
+        assert proc.returncode == -signal.SIGKILL, (kill, proc.stderr)
+    # The newest checkpoint is damaged (as by a full disk): skipped, with a message, for the previous one.
+    newest = CheckpointStore(killed / "checkpoints").paths()[-1]
+    newest.write_bytes(newest.read_bytes()[:-100])
+    proc = run_worker(killed, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipping checkpoint {newest}" in proc.stderr and "checksum does not match" in proc.stderr
+    assert_same_run(reference, killed)
+    assert len(CheckpointStore(killed / "checkpoints").paths()) == CONFIG.keep_checkpoints
+    phases = {row["phase"] for row in csv.DictReader((killed / "metrics.csv").open())}
+    assert phases == {"bc", "offline", "online"}
+
+
+def test_cli_resume_after_an_external_sigkill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    assert main(["data", "make", "pointmaze-umaze", "--size", "2000", "--out", "datasets"]) == 0
+    args = ["--data-dir", "datasets", "--train.bc-steps", "300", "--train.offline-steps", "40",
+            "--train.online-env-steps", "60", "--train.eval-episodes", "2", "--train.eval-every", "1000",
+            "--train.warmup-episodes", "0", "--train.batch-size", "32", "--train.max-episode-steps", "30",
+            "--train.checkpoint-every", "20", "--train.log-every", "5", "--train.no-progress",
+            "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
+    cli = [sys.executable, "-m", "pa_rl.cli", "train"]
+    proc = subprocess.Popen([*cli, "--name", "killed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = tmp_path / "runs" / "killed" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed mid-BC"
+    # A resume takes the run's own config; other options are refused.
+    assert main(["train", "--resume", "runs/killed", "--train.bc-steps", "5"]) == 2
+    done = subprocess.run([*cli, "--resume", "runs/killed"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+    assert main(["train", "--name", "whole", *args]) == 0
+    assert (tmp_path / "runs/killed/metrics.csv").read_text() == (tmp_path / "runs/whole/metrics.csv").read_text()
+
+
+def small_run(tmp_path: Path, make_env=lambda: gym.make("pa_rl/PointGoal-v0"), resume: bool = False,
+              **overrides) -> Trainer:
+    """The worker's agent and config with shorter phases, in ``tmp_path / "run"``."""
+    config = TrainConfig(**{**vars(CONFIG), "bc_steps": 8, "offline_steps": 8, "online_env_steps": 60, **overrides})
+    return Trainer(make_agent(), collect_episodes(6, seed=1), make_env, config, tmp_path / "run", resume)
+
+
+def test_a_checkpoint_from_another_config_or_version_is_refused(tmp_path: Path, monkeypatch) -> None:
+    small_run(tmp_path).run()
+    with pytest.raises(CheckpointError, match=r"another config: train\.batch_size \(checkpoint 32, now 16\)"):
+        small_run(tmp_path, resume=True, batch_size=16)
+    monkeypatch.setattr(pa_rl, "__version__", "9.9.9")
+    with pytest.raises(CheckpointError, match=r"written by pa-rl 0\.1\.0, this is 9\.9\.9"):
+        small_run(tmp_path, resume=True)
+
+
+def test_store_keeps_the_newest_k_and_falls_back_past_damaged_files(tmp_path: Path, caplog) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    for i in range(4):
+        store.save({"i": torch.tensor(i)})
+    (tmp_path / ".ckpt-000005.pt.tmp").write_bytes(b"half a checkpoint")  # a write killed before its rename
+    assert [p.name for p in store.paths()] == ["ckpt-000003.pt", "ckpt-000004.pt"]
+    store.paths()[-1].write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="pa_rl"):
+        path, state = store.load_latest()
+    assert path.name == "ckpt-000003.pt" and state["i"] == 2
+    assert "ckpt-000004.pt: " in caplog.text and "not a pa-rl checkpoint" in caplog.text
+    store.save({"i": torch.tensor(5)})
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class FaultyEnv(gym.Wrapper):
+    """Raises, or returns a NaN observation, at its ``at``-th step (counted over all its episodes)."""
+
+    def __init__(self, env: gym.Env, at: int, fault: str) -> None:
+        super().__init__(env)
+        self.at, self.fault, self.steps = at, fault, 0
+
+    def step(self, action):
+        self.steps += 1
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.steps == self.at:
+            if self.fault == "raise":
+                raise RuntimeError("simulator exploded")
+            obs = np.full_like(obs, np.nan)
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("fault, message", [("raise", "env.step raised RuntimeError: simulator exploded"),
+                                            ("nan", "env.step returned a non-finite observation")])
+def test_an_env_fault_online_keeps_the_data_checkpoints_and_reports(tmp_path: Path, fault: str, message: str) -> None:
+    envs = iter([gym.make("pa_rl/PointGoal-v0") for _ in range(2)]  # the evaluation envs stay healthy
+                + [FaultyEnv(gym.make("pa_rl/PointGoal-v0"), at=25, fault=fault)])
+    trainer = small_run(tmp_path, lambda: next(envs))
+    with pytest.raises(EnvironmentFault) as error:
+        trainer.run()
+    assert message in str(error.value) and "at online env step 25" in str(error.value)
+    assert "resume with `pa-rl train --resume RUN`" in str(error.value)
+    # Steps 1–24 are kept (a truncated episode where the fault cut one), the faulty step dropped.
+    assert len(trainer.online) == 24 == trainer.progress.env_steps
+    assert all(torch.isfinite(t[:24]).all() for t in trainer.online.storage.values())
+    # The checkpoint holds them, and a resume with a healthy env finishes the run.
+    resumed = small_run(tmp_path, resume=True)
+    assert len(resumed.online) == 24
+    assert resumed.run().summary["env_steps"] == 60
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_replay_buffer_memory_is_preallocated_and_bounded() -> None:
+    # Meta-World sizes: 39-d observations, 4-d actions; 4 · (2 · 39 + 4 + 3) = 340 bytes a transition.
+    buffer = ReplayBuffer(1_000_000, 39, 4)
+    assert ReplayBuffer.bytes_per_transition(39, 4) == 340 and buffer.nbytes == 340_000_000
+    allocated = resident_bytes()
+    for tensor in buffer.storage.values():  # writing every row costs no new memory: it was all taken at once
+        tensor.fill_(1.0)
+    assert resident_bytes() - allocated < 10e6
+    del buffer
+    episodes = collect_episodes(3, seed=0)
+    small = ReplayBuffer(50, 2, 2)
+    before = small.nbytes
+    for _ in range(10):
+        for episode in episodes:
+            small.add_episode(episode, 0.99, -1.0)
+    assert len(small) == 50 and small.nbytes == before  # full, overwritten in place, never grown
