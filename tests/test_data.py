@@ -263,9 +263,11 @@ def test_empty_dataset_message(tmp_path: Path, monkeypatch) -> None:
         load_dataset(path)
 
 
-def test_malformed_dataset_message(tmp_path: Path, monkeypatch) -> None:
-    path = _write(tmp_path, monkeypatch, "test/broken-v0", [_box_episode(4)], BOX_OBS, BOX_ACT)
-    (Path(path) / "data" / "main_data.hdf5").write_bytes(b"not hdf5")
+@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+def test_malformed_dataset_message(tmp_path: Path, monkeypatch, damage: str) -> None:
+    path = _write(tmp_path, monkeypatch, "test/broken-v0", [_box_episode(40), _box_episode(30)], BOX_OBS, BOX_ACT)
+    data = Path(path) / "data" / "main_data.hdf5"
+    data.write_bytes(b"not hdf5" if damage == "overwritten" else data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(DataError, match="malformed or unreadable"):
         load_dataset(path)
 

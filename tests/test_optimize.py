@@ -94,7 +94,7 @@ def test_choice_modes() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="top_k .* cannot exceed num_samples"):
         OptimizerConfig(num_samples=4, top_k=8)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="OptimizerConfig.local_steps must be ≥ 0, got -1"):
         OptimizerConfig(local_steps=-1)
 
 

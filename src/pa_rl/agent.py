@@ -20,6 +20,7 @@ from pa_rl.buffer import Batch
 from pa_rl.critic import CriticConfig, QEnsemble, make_target, polyak_update
 from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerConfig, sample_actions
 from pa_rl.policies.base import Policy
+from pa_rl.validation import require
 
 ActMode = Literal["argmax", "softmax", "uniform", "policy"]
 PolicyImprovement = Literal["distill", "reparam", "awr"]
@@ -59,6 +60,9 @@ class AgentConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def __post_init__(self) -> None:
+        require(self, "critic_lr", "bc_lr", "distill_lr", "distill_temperature", above=0)
+        require(self, "cql_alpha", "bc_warmup_steps", at_least=0)
+        require(self, "cql_actions", at_least=1)
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
         if not 0 < self.tau <= 1:

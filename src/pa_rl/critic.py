@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pa_rl.validation import require
+
 
 @dataclass
 class CriticConfig:
@@ -24,6 +26,12 @@ class CriticConfig:
     v_min: float = -100.0
     v_max: float = 0.0
     final_init_scale: float = 1e-2
+
+    def __post_init__(self) -> None:
+        require(self, "ensemble_size", "hidden_dims", at_least=1)
+        require(self, "num_bins", at_least=2)
+        require(self, "v_max", above=self.v_min)
+        require(self, "final_init_scale", above=0)
 
 
 class EnsembleLinear(nn.Module):

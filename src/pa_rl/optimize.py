@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pa_rl.critic import QEnsemble
+from pa_rl.validation import require
 
 ChooseMode = Literal["argmax", "softmax", "uniform"]
 
@@ -35,10 +36,10 @@ class OptimizerConfig:
     chunk_states: int | None = 64
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.top_k < 1 or self.local_steps < 0 or self.step_size < 0:
-            raise ValueError(f"optimizer sizes must be positive (num_samples, top_k ≥ 1; local_steps, step_size ≥ 0): {self}")
-        if self.chunk_states is not None and self.chunk_states < 1:
-            raise ValueError(f"chunk_states must be ≥ 1 or None, got {self.chunk_states}")
+        require(self, "num_samples", "top_k", at_least=1)
+        require(self, "local_steps", "step_size", at_least=0)
+        if self.chunk_states is not None:
+            require(self, "chunk_states", at_least=1)
         if self.top_k > self.num_samples:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed num_samples ({self.num_samples})")
 

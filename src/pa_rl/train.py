@@ -23,6 +23,7 @@ from pa_rl.checkpoint import CheckpointError, CheckpointStore
 from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
+from pa_rl.validation import require
 
 log = logging.getLogger("pa_rl")
 
@@ -61,14 +62,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
-                     "online_buffer_size", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_episodes",
-                     "online_critic_utd", "online_distill_utd"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        require(self, "batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
+                "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
+        require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_episodes",
+                "online_critic_utd", "online_distill_utd", at_least=0)
         if not 0 <= self.mixing_ratio <= 1:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {self.mixing_ratio}")
         if not (np.isfinite(self.reward_scale) and np.isfinite(self.reward_bias)):
@@ -183,8 +180,8 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self.offline_rng: torch.Tensor | None = None  # global RNG when the offline sample cache was drawn
         checkpoint = self._load_checkpoint() if resume else None
-        if checkpoint is None:
-            self.logger = MetricsLogger(run_dir)
+        if checkpoint is None:  # a resume with nothing to resume from clears what the run had logged
+            self.logger = MetricsLogger(run_dir, step=0 if resume else None)
         else:
             self.logger = MetricsLogger(run_dir, checkpoint["metrics_rows"], checkpoint["evaluations"],
                                         checkpoint["progress"]["updates"])
@@ -218,9 +215,8 @@ class Trainer:
 
         found = self.checkpoints.load_latest()
         if found is None:
-            if self.checkpoints.paths():
-                log.warning("no checkpoint in %s could be read: restarting the run from the beginning",
-                            self.checkpoints.directory)
+            log.warning("no readable checkpoint in %s: restarting the run from the beginning",
+                        self.checkpoints.directory)
             return None
         path, checkpoint = found
         if checkpoint["pa_rl_version"] != pa_rl.__version__:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pa_rl.policies.base import ActionScaler, repeat_obs
-from pa_rl.policies.nets import Denoiser
+from pa_rl.policies.nets import Denoiser, check_denoiser_config
 
 
 @dataclass
@@ -20,6 +20,9 @@ class FlowConfig:
     num_blocks: int = 3
     time_dim: int = 128
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_denoiser_config(self)
 
 
 class FlowPolicy(nn.Module):

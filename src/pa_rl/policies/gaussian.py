@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from pa_rl.policies.base import ActionScaler
 from pa_rl.policies.nets import mlp
+from pa_rl.validation import require
 
 
 @dataclass
@@ -21,6 +22,11 @@ class GaussianConfig:
     log_std_max: float = 2.0
     # Data actions at the box edge have infinite pre-tanh values; clip like the reference code (±0.99999).
     edge_clip: float = 0.99999
+
+    def __post_init__(self) -> None:
+        require(self, "hidden_dims", at_least=1)
+        require(self, "log_std_max", above=self.log_std_min)
+        require(self, "edge_clip", above=0, below=1)
 
 
 class GaussianPolicy(nn.Module):

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pa_rl.validation import require
+
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, layer_norm: bool = True) -> nn.Sequential:
     """Plain MLP: (Linear → LayerNorm → ReLU) per hidden layer, then a Linear head."""
@@ -16,6 +18,15 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, layer_norm: bool = T
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
+
+
+def check_denoiser_config(config: object) -> None:
+    """The fields the diffusion and flow configs share (a :class:`Denoiser` and its step count)."""
+    require(config, "steps", "hidden_dim", "num_blocks", at_least=1)
+    require(config, "time_dim", at_least=2)
+    require(config, "dropout", at_least=0, below=1)
+    if config.time_dim % 2:
+        raise ValueError(f"{type(config).__name__}.time_dim must be even (sin and cos halves), got {config.time_dim}")
 
 
 class SinusoidalEmbedding(nn.Module):

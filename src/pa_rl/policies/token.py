@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pa_rl.policies.base import ActionScaler, repeat_obs
+from pa_rl.validation import require
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -24,6 +25,14 @@ class TokenConfig:
     heads: int = 8
     dropout: float = 0.1
     temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self, "bins", at_least=2)
+        require(self, "width", "layers", "heads", at_least=1)
+        require(self, "dropout", at_least=0, below=1)
+        require(self, "temperature", above=0)
+        if self.width % self.heads:
+            raise ValueError(f"TokenConfig.width ({self.width}) must be a multiple of heads ({self.heads})")
 
 
 class Block(nn.Module):
