@@ -97,6 +97,8 @@ def small_run(tmp_path: Path, make_env=lambda: gym.make("pa_rl/PointGoal-v0"), r
 
 def test_a_checkpoint_from_another_config_or_version_is_refused(tmp_path: Path, monkeypatch) -> None:
     small_run(tmp_path).run()
+    # Small networks and 60 online transitions: the 1M-transition buffer's empty rows are not saved.
+    assert max(p.stat().st_size for p in CheckpointStore(tmp_path / "run" / "checkpoints").paths()) < 1e6
     with pytest.raises(CheckpointError, match=r"another config: train\.batch_size \(checkpoint 32, now 16\)"):
         small_run(tmp_path, resume=True, batch_size=16)
     monkeypatch.setattr(pa_rl, "__version__", "9.9.9")

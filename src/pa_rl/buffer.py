@@ -105,9 +105,10 @@ class ReplayBuffer:
         self.size = min(self.size + steps, self.capacity)
 
     def state_dict(self) -> dict[str, object]:
-        """The filled part only (a fresh 1M buffer checkpoints as nothing)."""
+        """The filled part only (a fresh 1M buffer checkpoints as nothing): copies, since torch.save
+        of a view writes the whole storage behind it."""
         return {"size": self.size, "position": self.position, "capacity": self.capacity,
-                "storage": {name: tensor[: self.size].cpu() for name, tensor in self.storage.items()}}
+                "storage": {name: tensor[: self.size].clone().cpu() for name, tensor in self.storage.items()}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         if state["capacity"] != self.capacity:
