@@ -1,0 +1,237 @@
+"""Turn the suite's JSON results into markdown tables and one learning-curve PNG.
+
+    python benchmarks/report.py                                   # benchmarks/results → stdout + suite_curves.png
+    python benchmarks/report.py --results DIR --out report.md --png curves.png
+
+Scores are success rates of each method's own score mode (``pa_rl`` = π̂, ``policy`` = the raw
+policy), mean ± std over seeds (population std; "±0" with one seed means one seed, see n).
+Sample efficiency: the online env steps at which a method's mean-over-seeds success first reaches
+the best baseline's final score (a BC baseline's final score is its offline score: it has no online
+phase); env step 0 is the end of the offline phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite import BASELINES, GROUPS, METHODS, TASKS  # noqa: E402
+
+Result = dict[str, Any]
+
+
+def load_results(folder: Path) -> list[Result]:
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    if not results:
+        raise SystemExit(f"error: no results (*.json) in {folder}; run benchmarks/suite.py first")
+    return results
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.0f} ± {100 * std:.0f} %"
+
+
+def order(names: set[str] | list[str]) -> list[str]:
+    """Methods in the suite's order (the main group first), unknown names last."""
+    known = list(dict.fromkeys([*GROUPS["main"], *METHODS]))
+    return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def by_cell(results: list[Result]) -> dict[tuple[str, str], list[Result]]:
+    cells: dict[tuple[str, str], list[Result]] = defaultdict(list)
+    for r in results:
+        cells[(r["task"], r["method"])].append(r)
+    return cells
+
+
+def final_score(runs: list[Result]) -> float | None:
+    """Mean final score: the online score, or for a method without an online phase its offline score."""
+    values = [r["online_score"] if r["online_score"] is not None else r["offline_score"] for r in runs]
+    return statistics.fmean(values) if values else None
+
+
+def curve(result: Result) -> dict[int, float]:
+    """Success of the method's score mode by online env step; env step 0 = the end of offline RL."""
+    key = f"eval/{result['score_mode']}_success"
+    points: dict[int, float] = {}
+    offline = [e for e in result["evaluations"] if e["phase"] == "offline" and key in e]
+    if offline:
+        points[0] = offline[-1][key]
+    for e in result["evaluations"]:
+        if e["phase"] == "online" and key in e:
+            points[int(e["env_steps"])] = e[key]
+    return points
+
+
+def mean_curve(runs: list[Result]) -> list[tuple[int, float, float, int]]:
+    """(env steps, mean, std, seeds) at each step some seed evaluated."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for r in runs:
+        for step, value in curve(r).items():
+            by_step[step].append(value)
+    return [(s, statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0, len(v))
+            for s, v in sorted(by_step.items())]
+
+
+def wall_clock(runs: list[Result]) -> str:
+    """Mean wall clock of the cells, with the range when there are several."""
+    times = [r["wall_clock_s"] for r in runs]
+    spread = f" ({min(times):.0f}–{max(times):.0f})" if len(times) > 1 else ""
+    return f"{statistics.fmean(times):.0f}{spread}"
+
+
+def scores_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
+    rows = ["| task | method | score mode | offline | online | seeds | wall clock s / cell | updates/s |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    for task in tasks:
+        for method in methods:
+            runs = cells.get((task, method))
+            if not runs:
+                continue
+            online = [r["online_score"] for r in runs if r["online_score"] is not None]
+            rows.append(f"| {task} | {method} | {runs[0]['score_mode']} "
+                        f"| {mean_std([r['offline_score'] for r in runs])} "
+                        f"| {mean_std(online) if online else 'n/a (no online phase)'} "
+                        f"| {len(runs)} ({', '.join(str(r['seed']) for r in sorted(runs, key=lambda r: r['seed']))}) "
+                        f"| {wall_clock(runs)} "
+                        f"| {statistics.fmean(r['updates_per_s'] for r in runs):.1f} |")
+    return "\n".join(rows)
+
+
+def modes_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
+    """Both evaluation modes of every method, whichever is its score: shows what distillation carried
+    into the policy, and what action selection with the method's critic would give."""
+    rows = ["| task | method | offline π̂ | offline policy | online π̂ | online policy |", "|---|---|---:|---:|---:|---:|"]
+    for task in tasks:
+        for method in methods:
+            runs = cells.get((task, method))
+            if not runs or not METHODS[method].online:
+                continue
+            cols = [mean_std([r["summary"][phase][f"eval/{mode}_success"] for r in runs])
+                    for phase in ("offline", "online") for mode in ("pa_rl", "policy")]
+            rows.append(f"| {task} | {method} | {' | '.join(cols)} |")
+    return "\n".join(rows)
+
+
+def efficiency_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
+    rows = ["| task | target (best baseline, its final score) | method | env steps to reach it |", "|---|---|---|---:|"]
+    for task in tasks:
+        finals = {m: final_score(cells[(task, m)]) for m in methods if m in BASELINES and (task, m) in cells}
+        if not finals:
+            continue
+        best = max(finals, key=lambda m: finals[m])
+        target = finals[best]
+        for method in methods:
+            runs = cells.get((task, method))
+            if not runs or not METHODS.get(method) or not METHODS[method].online:
+                continue
+            reached = next((step for step, mean, _, _ in mean_curve(runs) if mean >= target - 1e-9), None)
+            budget = max(r["online_env_steps"] for r in runs)
+            rows.append(f"| {task} | {best}: {100 * target:.0f} % | {method} | "
+                        f"{reached if reached is not None else f'not reached in {budget}'} |")
+    return "\n".join(rows)
+
+
+def ablation_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str]) -> str:
+    rows = ["| task | variant | N | k | T | offline | online | seeds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for task in tasks:
+        if not any((task, m) in cells for m in GROUPS["ablations"][1:]):
+            continue
+        for method in GROUPS["ablations"]:
+            runs = cells.get((task, method))
+            if not runs:
+                rows.append(f"| {task} | {method} | | | | not run | not run | 0 |")
+                continue
+            opt = runs[0]["config"]["agent"]["optimizer"]
+            online = [r["online_score"] for r in runs if r["online_score"] is not None]
+            rows.append(f"| {task} | {method} | {opt['num_samples']} | {opt['top_k']} | {opt['local_steps']} "
+                        f"| {mean_std([r['offline_score'] for r in runs])} | {mean_std(online)} | {len(runs)} |")
+    return "\n".join(rows) if len(rows) > 2 else "(no ablation cells in these results)"
+
+
+def plot(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str], path: Path) -> None:
+    """Success vs online env steps per method, mean ± std band over seeds, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in tasks if any((t, m) in cells and METHODS[m].online for m in methods)]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        x_max = max(r["online_env_steps"] for (t, _), runs in cells.items() if t == task for r in runs) or 1
+        for method in methods:
+            runs = cells.get((task, method))
+            if not runs:
+                continue
+            if not METHODS[method].online:  # BC: a flat dashed line at its score, for reference
+                level = 100 * statistics.fmean(r["offline_score"] for r in runs)
+                ax.plot([0, x_max], [level, level], "--", label=f"{method} ({len(runs)})")
+                continue
+            points = mean_curve(runs)
+            steps = [p[0] for p in points]
+            mean = [100 * p[1] for p in points]
+            std = [100 * p[2] for p in points]
+            line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({len(runs)})")
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=line.get_color(), alpha=0.15)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("online env steps (0 = end of offline)")
+        ax.set_ylabel("success % (score mode)")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def report(results: list[Result]) -> str:
+    cells = by_cell(results)
+    tasks = [t for t in TASKS if any(k[0] == t for k in cells)]
+    tasks += sorted({k[0] for k in cells} - set(tasks))
+    methods = order({k[1] for k in cells})
+    main_methods = [m for m in methods if m not in GROUPS["ablations"][1:]]
+    parts = ["### Offline and online score (success %, mean ± std over seeds)", "",
+             scores_table(cells, tasks, main_methods), "",
+             "### Both evaluation modes (π̂ = argmax of Q over the optimized samples; policy = one raw sample)", "",
+             modes_table(cells, tasks, main_methods), "",
+             "### Sample efficiency (online env steps to reach the best baseline's final score)", "",
+             efficiency_table(cells, tasks, main_methods), "",
+             "### Ablations (PA-RL, diffusion policy)", "", ablation_table(cells, tasks)]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file (default: stdout)")
+    parser.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "suite_curves.png")
+    args = parser.parse_args(argv)
+    results = load_results(args.results)
+    text = report(results)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text)
+    cells = by_cell(results)
+    tasks = [t for t in TASKS if any(k[0] == t for k in cells)]
+    plot(cells, tasks, [m for m in order({k[1] for k in cells}) if m not in GROUPS["ablations"][1:]], args.png)
+    print(f"wrote {args.png}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

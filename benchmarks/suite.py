@@ -1,0 +1,333 @@
+"""The PA-RL benchmark suite: one command runs one cell (task × method × seed) or a grid of them.
+
+Every method runs through the same library code, data, seeds and budgets (the ``cpu`` preset, with
+overridable budgets); a method is only a change of the run's config. Each finished cell writes one
+JSON file to the results folder; a cell whose JSON exists is skipped, so a killed suite resumes
+where it stopped (a cell cut mid-run continues from its last phase checkpoint).
+
+    python benchmarks/suite.py --tasks pointmaze-umaze --methods main --seeds 0 1 2
+    python benchmarks/suite.py --tasks pointmaze-umaze --methods parl-diffusion --seeds 0 --bc-steps 1000
+    python benchmarks/suite.py --list            # task, method and group names
+
+Results: ``benchmarks/results/<task>__<method>__s<seed>.json``; run folders (metrics, checkpoints)
+under ``runs/bench/<results folder name>/``. ``python benchmarks/report.py`` turns results into tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pa_rl.presets import cpu
+from pa_rl.runs import RunConfig, build_agent, resolve_dataset
+from pa_rl.train import differences, to_jsonable, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("pointmaze-umaze", "pointmaze-medium", "pointmaze-large",
+         "metaworld-push", "metaworld-pick-place", "metaworld-coffee-push")
+POLICY_CLASSES = ("diffusion", "token", "gaussian", "flow")
+REWARD_BIAS = -1.0  # maze 0/1 reward and Meta-World success reward → −1 per step until the goal (reference code)
+ScoreMode = Literal["pa_rl", "policy"]
+Configure = Callable[[RunConfig], RunConfig]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method is a policy class, a config change, and which evaluation mode is its score."""
+
+    policy: str
+    score_mode: ScoreMode  # "pa_rl" = π̂ (argmax over optimized samples), "policy" = one raw policy sample
+    configure: Configure
+    summary: str
+    online: bool = True  # False: no online phase (BC); its online score is reported as n/a
+
+
+def _agent(config: RunConfig, **changes: Any) -> RunConfig:
+    return dataclasses.replace(config, agent=dataclasses.replace(config.agent, **changes))
+
+
+def _train(config: RunConfig, **changes: Any) -> RunConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def _optimizer(config: RunConfig, **changes: Any) -> RunConfig:
+    return _agent(config, optimizer=dataclasses.replace(config.agent.optimizer, **changes))
+
+
+def _rerank_only(config: RunConfig) -> RunConfig:
+    """k = N and T = 0: π̂ is the argmax of Q over the policy's N samples (no filter, no local steps)."""
+    return _optimizer(config, local_steps=0, top_k=config.agent.optimizer.num_samples)
+
+
+def _parl(config: RunConfig) -> RunConfig:
+    return _agent(config, objective="calql", policy_improvement="distill")
+
+
+def _bc(config: RunConfig) -> RunConfig:
+    return _train(config, offline_steps=0, online_env_steps=0)
+
+
+def _bestofn(config: RunConfig) -> RunConfig:
+    """IDQL-style: frozen BC policy, IQL critic, best of N by Q at decision time, never distilled.
+    The IQL critic never reads cached policy samples, so the offline sample cache is skipped."""
+    config = _rerank_only(_agent(config, objective="iql", policy_improvement="distill"))
+    return _train(config, offline_distill_every=0, online_distill_utd=0.0, cache_policy_samples=False)
+
+
+def _calql_actor(config: RunConfig) -> RunConfig:
+    """Cal-QL with a reparameterised tanh-Gaussian actor, one actor step per critic step, acting with
+    the actor itself. The backup's next action is the max-Q of the actor's N samples (k = N, T = 0):
+    CQL/Cal-QL's max-target backup (their AntMaze setting), not PA-RL's locally optimized actions.
+    Q is the ensemble's min (clipped double Q) in the actor loss and that ranking, as in Cal-QL."""
+    config = _rerank_only(_agent(config, objective="calql", policy_improvement="reparam"))
+    config = _optimizer(config, objective="min")
+    return _train(config, offline_distill_every=1, collect_mode="policy")
+
+
+def _iql_awr(config: RunConfig) -> RunConfig:
+    config = _agent(config, objective="iql", policy_improvement="awr")
+    return _train(config, offline_distill_every=1, collect_mode="policy", cache_policy_samples=False)
+
+
+def _ablation(local_steps: int | None = None, top_k_all: bool = False, num_samples: int | None = None) -> Configure:
+    """PA-RL diffusion with one part of action optimization changed. A changed N keeps the preset's
+    k = N / 2 ratio (preset: N 8, k 4)."""
+    def configure(config: RunConfig) -> RunConfig:
+        config = _parl(config)
+        if local_steps is not None:
+            config = _optimizer(config, local_steps=local_steps)
+        if num_samples is not None:
+            config = _optimizer(config, num_samples=num_samples, top_k=max(1, num_samples // 2))
+        if top_k_all:
+            config = _optimizer(config, top_k=config.agent.optimizer.num_samples)
+        return config
+    return configure
+
+
+METHODS: dict[str, Method] = {
+    **{f"parl-{cls}": Method(cls, "pa_rl", _parl, f"PA-RL (Cal-QL critic, distillation) with a {cls} policy")
+       for cls in POLICY_CLASSES},
+    **{f"bc-{cls}": Method(cls, "policy", _bc, f"behaviour cloning of a {cls} policy", online=False)
+       for cls in POLICY_CLASSES},
+    "bestofn-diffusion": Method("diffusion", "pa_rl", _bestofn,
+                                "IDQL-style: frozen BC diffusion policy, IQL critic, best of N by Q"),
+    "calql-gaussian": Method("gaussian", "policy", _calql_actor,
+                             "Cal-QL actor-critic, reparameterised tanh-Gaussian actor"),
+    "iql-gaussian": Method("gaussian", "policy", _iql_awr, "IQL critic, AWR-extracted tanh-Gaussian policy"),
+    "parl-diffusion-global": Method("diffusion", "pa_rl", _ablation(local_steps=0),
+                                    "ablation: global only (top-k by Q, no local steps)"),
+    "parl-diffusion-local": Method("diffusion", "pa_rl", _ablation(top_k_all=True),
+                                   "ablation: local only (no top-k filter, k = N)"),
+    **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
+       for n in (4, 16, 32)},
+}
+BASELINES = ("bc-diffusion", "bc-gaussian", "bc-token", "bc-flow", "bestofn-diffusion", "calql-gaussian", "iql-gaussian")
+GROUPS: dict[str, tuple[str, ...]] = {
+    "main": ("parl-diffusion", "bc-diffusion", "bestofn-diffusion", "calql-gaussian", "iql-gaussian",
+             "parl-gaussian", "parl-token"),
+    "ablations": ("parl-diffusion", "parl-diffusion-global", "parl-diffusion-local",
+                  "parl-diffusion-n4", "parl-diffusion-n16", "parl-diffusion-n32"),
+    "all": tuple(METHODS),
+}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Overrides of the preset's budgets (None = the ``cpu`` preset's value); the same for every method."""
+
+    bc_steps: int | None = None
+    offline_steps: int | None = None
+    online_env_steps: int | None = None
+    eval_every: int | None = None
+    eval_episodes: int | None = None
+    batch_size: int | None = None
+    max_episode_steps: int | None = None
+    warmup_episodes: int | None = None
+
+    def apply(self, config: RunConfig) -> RunConfig:
+        return _train(config, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+
+def expand(names: Sequence[str], known: Sequence[str], groups: dict[str, tuple[str, ...]], what: str) -> list[str]:
+    """Names and group names → names, in order, without repeats; unknown names stop with the valid ones."""
+    out: list[str] = []
+    for name in names:
+        members = groups.get(name, (name,))
+        for member in members:
+            if member not in known:
+                raise SystemExit(f"error: unknown {what} {member!r}; valid: {', '.join(known)}"
+                                 + (f" (groups: {', '.join(groups)})" if groups else ""))
+            if member not in out:
+                out.append(member)
+    return out
+
+
+def cell_config(task: str, method_name: str, seed: int, budgets: Budgets, runs_dir: Path,
+                data_dir: Path, device: str = "cpu") -> RunConfig:
+    """The preset, the budgets, then the method's changes (last, so BC's zero budgets win)."""
+    method = METHODS[method_name]
+    config = budgets.apply(dataclasses.replace(cpu(), dataset=task, policy=method.policy, runs_dir=runs_dir,
+                                               data_dir=data_dir, name=cell_name(task, method_name, seed),
+                                               device=device))
+    config = _train(config, seed=seed, reward_bias=REWARD_BIAS, progress=False)
+    return method.configure(config)
+
+
+def cell_name(task: str, method: str, seed: int) -> str:
+    return f"{task}__{method}__s{seed}"
+
+
+def machine(device: str) -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": device, "gpu": gpu}
+
+
+def score(summary: dict[str, Any], phase: str, mode: ScoreMode) -> float | None:
+    value = summary.get(phase, {}).get(f"eval/{mode}_success")
+    return None if value is None else float(value)
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a stored config that define the experiment (not where its files went)."""
+    return {k: v for k, v in config.items() if k not in ("runs_dir", "data_dir", "name")}
+
+
+def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: Path, runs_dir: Path,
+             data_dir: Path, command: str, device: str = "cpu") -> Path:
+    """Train one cell and write its JSON atomically; an existing JSON with the same config is kept."""
+    method = METHODS[method_name]
+    config = cell_config(task, method_name, seed, budgets, runs_dir, data_dir, device)
+    out = results / f"{config.name}.json"
+    if out.exists():
+        stored = json.loads(out.read_text())["config"]
+        changed = differences(comparable(stored), comparable(to_jsonable(config)))
+        if changed:
+            raise SystemExit(f"error: {out} was run with another config ({'; '.join(changed[:4])}); "
+                             "use another --results folder or delete it")
+        print(f"skip {config.name}: {out} exists", flush=True)
+        return out
+    run_dir = config.run_dir
+    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # a cell killed before its first checkpoint: start it again
+    print(f"start {config.name}{' (resuming)' if resume else ''}: {method.summary}", flush=True)
+    start = time.perf_counter()
+    data = resolve_dataset(config)
+    agent = build_agent(config, data)
+    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+    wall = time.perf_counter() - start
+    summary = result.summary
+    offline_phase = "offline" if config.train.offline_steps else "bc"
+    offline = score(summary, offline_phase, method.score_mode)
+    payload = {
+        "task": task, "method": method_name, "seed": seed, "policy": method.policy,
+        "score_mode": method.score_mode, "description": method.summary,
+        "offline_score": offline,
+        "online_score": score(summary, "online", method.score_mode) if method.online else None,
+        "online_score_note": None if method.online else "no online phase (BC only): n/a",
+        "bc_score": score(summary, "bc", "policy"),
+        "online_env_steps": summary.get("env_steps", 0),
+        "wall_clock_s": wall, "train_wall_clock_s": summary.get("wall_clock_s"),
+        "updates": summary.get("updates"), "updates_per_s": summary.get("updates_per_s"),
+        "summary": summary, "evaluations": result.evaluations,
+        "dataset": {"id": data.dataset_id, "path": str(data.path), "transitions": data.num_transitions},
+        "config": to_jsonable(config), "machine": machine(device), "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(out)
+    online = "n/a" if payload["online_score"] is None else f"{payload['online_score']:.0%}"
+    print(f"done  {config.name}: offline {offline:.0%}, online {online}, {wall:.0f} s "
+          f"({payload['updates_per_s']:.1f} updates/s)", flush=True)
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["pointmaze-umaze"], help=f"of {', '.join(TASKS)}, or 'all'")
+    parser.add_argument("--methods", nargs="+", default=["main"], help="method or group names (see --list)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs/bench/<results folder name>")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "datasets", help="where built-in data sets live")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--stop-by", type=utc_time_today, default=None, metavar="HH:MM",
+                        help="UTC; do not start a cell expected (from this method's finished cells) to end later")
+    parser.add_argument("--list", action="store_true", help="print tasks, methods and groups, and exit")
+    for field in dataclasses.fields(Budgets):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=None,
+                            help="override the cpu preset's value")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.list:
+        print("tasks:", ", ".join(TASKS))
+        for name, method in METHODS.items():
+            print(f"  {name:24s} {method.summary} (score: {method.score_mode})")
+        for name, members in GROUPS.items():
+            print(f"group {name}: {', '.join(members)}")
+        return
+    tasks = expand(args.tasks, TASKS, {"all": TASKS}, "task")
+    methods = expand(args.methods, list(METHODS), GROUPS, "method")
+    torch.set_num_threads(args.threads)
+    budgets = Budgets(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budgets)})
+    runs_dir = args.runs_dir or ROOT / "runs" / "bench" / args.results.name
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(
+        ["python", "benchmarks/suite.py", *argv])
+    cells = [(task, method, seed) for seed in args.seeds for task in tasks for method in methods]
+    for index, (task, method, seed) in enumerate(cells, 1):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        print(f"[{index}/{len(cells)}] {now:%H:%M:%S}", end=" ", flush=True)
+        if args.stop_by is not None and not (args.results / f"{cell_name(task, method, seed)}.json").exists():
+            expected = expected_seconds(args.results, task, method)
+            if now + datetime.timedelta(seconds=expected) > args.stop_by:
+                print(f"not started {cell_name(task, method, seed)}: it would end after {args.stop_by:%H:%M} UTC "
+                      f"(expected {expected:.0f} s from finished cells)", flush=True)
+                continue
+        run_cell(task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device)
+
+
+def expected_seconds(results: Path, task: str, method: str) -> float:
+    """The longest wall clock of this method's finished cells on this task (any seed); without one,
+    of the finished cells with the same policy class and phases (BC or not); 0 if none either."""
+    finished = [json.loads(p.read_text()) for p in results.glob(f"{task}__*.json")]
+    same = [r["wall_clock_s"] for r in finished if r["method"] == method]
+    kind = (METHODS[method].policy, METHODS[method].online)
+    similar = [r["wall_clock_s"] for r in finished
+               if r["method"] in METHODS and (METHODS[r["method"]].policy, METHODS[r["method"]].online) == kind]
+    return max(same or similar, default=0.0)
+
+
+def utc_time_today(text: str) -> datetime.datetime:
+    """HH:MM (UTC) → today's datetime; an argparse type for --stop-by."""
+    try:
+        hour, minute = (int(part) for part in text.split(":"))
+        return datetime.datetime.now(datetime.timezone.utc).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected HH:MM (UTC), got {text!r}") from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The benchmark suite end to end at a tiny budget: one cell → its JSON → the report's tables and PNG."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pa_rl.cli import main as pa_rl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import report  # noqa: E402
+import suite  # noqa: E402
+
+TINY = ["--bc-steps", "20", "--offline-steps", "10", "--online-env-steps", "60", "--eval-every", "30",
+        "--eval-episodes", "2", "--batch-size", "32", "--max-episode-steps", "30", "--warmup-episodes", "0",
+        "--threads", "1"]  # one thread: two stall each other when the machine is busy
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()  # suite.main sets them for the whole process
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    assert pa_rl(["data", "make", "pointmaze-umaze", "--size", "3000", "--out", str(tmp_path / "datasets")]) == 0
+    results = tmp_path / "results"
+    argv = ["--tasks", "pointmaze-umaze", "--methods", "bestofn-diffusion", "--seeds", "0", "--results", str(results),
+            "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "datasets"), *TINY]
+    suite.main(argv)
+    cell = json.loads((results / "pointmaze-umaze__bestofn-diffusion__s0.json").read_text())
+    assert (cell["task"], cell["method"], cell["seed"], cell["score_mode"]) == ("pointmaze-umaze", "bestofn-diffusion",
+                                                                              0, "pa_rl")
+    assert 0 <= cell["offline_score"] <= 1 and 0 <= cell["online_score"] <= 1
+    assert cell["config"]["agent"]["objective"] == "iql"
+    assert cell["config"]["agent"]["optimizer"]["local_steps"] == 0
+    assert cell["config"]["train"]["bc_steps"] == 20 and cell["config"]["train"]["reward_bias"] == -1
+    assert cell["online_env_steps"] == 60 and cell["wall_clock_s"] > 0 and cell["machine"]["torch_threads"] == 1
+    assert [e["env_steps"] for e in cell["evaluations"] if e["phase"] == "online"] == [30, 60]
+    assert "eval/pa_rl_success" in cell["evaluations"][-1] and "--methods bestofn-diffusion" in cell["command"]
+
+    suite.main(argv)  # a finished cell is skipped, not re-run
+    assert "skip pointmaze-umaze__bestofn-diffusion__s0" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="another config"):  # ...unless its budget changed
+        suite.main([*argv, "--bc-steps", "21"])
+
+    out, png = tmp_path / "report.md", tmp_path / "curves.png"
+    report.main(["--results", str(results), "--out", str(out), "--png", str(png)])
+    text = out.read_text()
+    assert "| pointmaze-umaze | bestofn-diffusion | pa_rl |" in text  # the score table
+    assert "| pointmaze-umaze | bestofn-diffusion: " in text  # the sample-efficiency table (its own target)
+    assert png.stat().st_size > 1000
+
+
+def test_unknown_names_stop_with_the_valid_ones() -> None:
+    with pytest.raises(SystemExit, match="unknown method 'parl-mlp'; valid: parl-diffusion"):
+        suite.main(["--methods", "parl-mlp"])
+    with pytest.raises(SystemExit, match="unknown task 'antmaze'"):
+        suite.main(["--tasks", "antmaze"])
+
+
+def test_methods_change_only_what_they_name() -> None:
+    def config(method: str) -> suite.RunConfig:
+        return suite.cell_config("pointmaze-umaze", method, 1, suite.Budgets(bc_steps=7), Path("r"), Path("d"))
+
+    parl, calql, iql = config("parl-diffusion"), config("calql-gaussian"), config("iql-gaussian")
+    assert parl.train.bc_steps == calql.train.bc_steps == iql.train.bc_steps == 7
+    assert parl.train.online_env_steps == calql.train.online_env_steps == suite.cpu().train.online_env_steps
+    assert (calql.policy, calql.agent.policy_improvement, calql.train.collect_mode) == ("gaussian", "reparam", "policy")
+    assert calql.agent.optimizer.top_k == calql.agent.optimizer.num_samples and calql.agent.optimizer.local_steps == 0
+    assert (iql.agent.objective, iql.agent.policy_improvement) == ("iql", "awr")
+    assert config("bc-diffusion").train.online_env_steps == 0
+    n16 = config("parl-diffusion-n16").agent.optimizer
+    assert (n16.num_samples, n16.top_k, n16.local_steps) == (16, 8, parl.agent.optimizer.local_steps)
