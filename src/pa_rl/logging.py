@@ -29,8 +29,8 @@ class MetricsLogger:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "metrics.csv"
             lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-            kept = lines[: rows + 1]
-            if len(kept) != rows + (1 if rows or kept else 0):
+            kept = lines[: rows + 1]  # the header and the rows the checkpoint saw
+            if rows and len(kept) < rows + 1:
                 raise ValueError(f"{path} has fewer rows than its checkpoint recorded ({rows}): it was damaged")
             if kept != lines:  # cut, atomically, what was logged after the checkpoint
                 write_atomically(path, lambda tmp: tmp.write_text("".join(kept)))
