@@ -138,8 +138,10 @@ def test_metaworld_dataset(metaworld_path: str, root: Path, monkeypatch) -> None
     env = data.make_env()
     assert env.spec.max_episode_steps == 200
     obs, _ = env.reset(seed=0)
-    obs, *_ = env.step(env.action_space.sample())
-    assert obs.shape == (39,)
+    for _ in range(3):  # the env rewards as the data do (success - 1), not Meta-World's dense reward
+        obs, reward, _, _, info = env.step(env.action_space.sample())
+        assert obs.shape == (39,)
+        assert reward == float(info["success"]) - 1.0
     env.close()
 
 

@@ -38,11 +38,6 @@ def noisy(act: Act, std: float, rng: np.random.Generator) -> Act:
     return noisy_act
 
 
-def env_reward(reward: float, success: bool) -> float:
-    """The env's own reward, recorded as is."""
-    return reward
-
-
 def rollout(
     env: gym.Env,
     new_episode: Callable[[], EpisodePlan],
@@ -51,12 +46,12 @@ def rollout(
     seed: int,
     desc: str,
     progress: bool = True,
-    reward: Callable[[float, bool], float] = env_reward,
 ) -> list[EpisodeBuffer]:
     """Roll episodes in ``env`` for exactly ``size`` transitions (the cut truncates the last one).
 
     Each episode takes its plan from ``new_episode()`` before the reset (seeded with ``seed`` for
-    the first episode only). ``reward(env_reward, success)`` is the recorded reward. The buffers'
+    the first episode only). The env's reward is recorded as is, so that the data and the env
+    (online fine-tuning, evaluation) share one reward; the buffers'
     infos hold ``success`` per observation (False at a reset whose info has none) and the plan's
     infos repeated over the episode.
     """
@@ -77,7 +72,7 @@ def rollout(
                 truncated = truncated or total >= size
                 observations.append(obs)
                 actions.append(action)
-                rewards.append(reward(float(r), success))
+                rewards.append(float(r))
                 terminations.append(bool(terminated))
                 truncations.append(bool(truncated and not terminated))
                 successes.append(success)

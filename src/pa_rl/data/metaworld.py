@@ -4,8 +4,10 @@ For a task with a scripted policy (``metaworld.policies.ENV_POLICY_MAP``), each 
 expert with Gaussian action noise of one std σ drawn per episode uniformly from
 ``NOISE_LEVELS = (0.1, 0.5, 1.0)`` (then clipped to [-1, 1]): near-expert, mediocre and poor
 episodes in one dataset (push succeeds ~100 / 45 / 30 % at these σ). Following the PA-RL
-reference generator, the recorded reward is ``success - 1`` (-1 per step, 0 at the success step)
-and the episode terminates at success; the 200-step limit is a truncation.
+reference generator, the reward is ``success - 1`` (-1 per step, 0 at the success step) and the
+episode terminates at success; the 200-step limit is a truncation. The env recorded with the data
+(:func:`make_env`) returns that same reward, not Meta-World's dense shaped one, so online
+fine-tuning adds transitions on the data's reward scale.
 
 Env: ``metaworld.make_mt_envs(task, seed=seed, terminate_on_success=True)``, i.e. what
 ``gym.make("Meta-World/MT1", env_name=task, seed=seed, terminate_on_success=True)`` builds,
@@ -42,15 +44,23 @@ def tasks() -> list[str]:
     return sorted(name.removesuffix("-v3") for name in ENV_POLICY_MAP)
 
 
+class SuccessReward(gym.Wrapper):
+    """Replaces Meta-World's dense shaped reward by ``success - 1`` (the datasets' reward)."""
+
+    def step(self, action: np.ndarray) -> tuple:
+        obs, _, terminated, truncated, info = self.env.step(action)
+        return obs, float(info["success"]) - 1.0, terminated, truncated, info
+
+
 def make_env(task: str, seed: int, render_mode: str | None = None) -> gym.Env:
-    """Gym entry point recorded in the datasets: the MT1 env of ``task`` (terminates on success).
+    """Gym entry point recorded in the datasets: the MT1 env of ``task`` (terminates on success),
+    rewarding ``success - 1``.
 
     The step limit comes from the spec's ``max_episode_steps`` (the inner Meta-World limit stays
     at its 500-step maximum, past which Meta-World raises).
     """
-    return metaworld.make_mt_envs(
-        f"{task}-v3", seed=seed, terminate_on_success=True, render_mode=render_mode
-    )
+    env = metaworld.make_mt_envs(f"{task}-v3", seed=seed, terminate_on_success=True, render_mode=render_mode)
+    return SuccessReward(env)
 
 
 def env_spec(task: str, seed: int) -> EnvSpec:
@@ -89,7 +99,6 @@ def generate(
             seed=seed,
             desc=f"metaworld-{task}",
             progress=progress,
-            reward=lambda _, success: float(success) - 1.0,
         )
     return Generated(
         buffers,
