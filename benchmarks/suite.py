@@ -277,7 +277,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "datasets", help="where built-in data sets live")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--stop-by", type=utc_time_today, default=None, metavar="HH:MM",
+    parser.add_argument("--stop-by", type=next_utc_time, default=None, metavar="HH:MM",
                         help="UTC; do not start a cell expected (from this method's finished cells) to end later")
     parser.add_argument("--list", action="store_true", help="print tasks, methods and groups, and exit")
     for field in dataclasses.fields(Budgets):
@@ -326,13 +326,15 @@ def expected_seconds(results: Path, task: str, method: str) -> float:
     return max(same or similar, default=0.0)
 
 
-def utc_time_today(text: str) -> datetime.datetime:
-    """HH:MM (UTC) → today's datetime; an argparse type for --stop-by."""
+def next_utc_time(text: str) -> datetime.datetime:
+    """HH:MM (UTC) → its next occurrence (tomorrow's if today's has passed); an argparse type for --stop-by."""
     try:
         hour, minute = (int(part) for part in text.split(":"))
-        return datetime.datetime.now(datetime.timezone.utc).replace(hour=hour, minute=minute, second=0, microsecond=0)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"expected HH:MM (UTC), got {text!r}") from error
+    return when if when > now else when + datetime.timedelta(days=1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import sys
 from collections.abc import Iterator
@@ -79,3 +81,16 @@ def test_methods_change_only_what_they_name() -> None:
     assert config("bc-diffusion").train.online_env_steps == 0
     n16 = config("parl-diffusion-n16").agent.optimizer
     assert (n16.num_samples, n16.top_k, n16.local_steps) == (16, 8, parl.agent.optimizer.local_steps)
+    # −1 per step until the goal everywhere: the mazes' 0/1 reward is biased, Meta-World's success − 1 is not.
+    assert parl.train.reward_bias == -1.0
+    assert suite.cell_config("metaworld-push", "parl-diffusion", 1, suite.Budgets(), Path("r"), Path("d")
+                             ).train.reward_bias == 0.0
+
+
+def test_stop_by_is_the_next_occurrence_of_that_time() -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    earlier, later = now - datetime.timedelta(minutes=2), now + datetime.timedelta(minutes=2)
+    assert now < suite.next_utc_time(f"{earlier:%H:%M}") <= now + datetime.timedelta(days=1)  # after midnight
+    assert now < suite.next_utc_time(f"{later:%H:%M}") <= later
+    with pytest.raises(argparse.ArgumentTypeError, match="expected HH:MM"):
+        suite.next_utc_time("noon")
