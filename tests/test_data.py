@@ -142,7 +142,14 @@ def test_metaworld_dataset(metaworld_path: str, root: Path, monkeypatch) -> None
         obs, reward, _, _, info = env.step(env.action_space.sample())
         assert obs.shape == (39,)
         assert reward == float(info["success"]) - 1.0
+    # A seeded reset picks the configuration from its seed (MT1's own draw ignores the seed, so
+    # parallel evaluation envs built alike all ran one configuration).
+    other = data.make_env()
+    goals = [tuple(env.reset(seed=seed)[0][-3:]) for seed in range(8)]
+    assert len(set(goals)) >= 4
+    assert tuple(other.reset(seed=5)[0][-3:]) == goals[5]
     env.close()
+    other.close()
 
 
 def test_dataset_info(maze_path: str) -> None:

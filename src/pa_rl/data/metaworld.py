@@ -12,7 +12,8 @@ fine-tuning adds transitions on the data's reward scale.
 Env: ``metaworld.make_mt_envs(task, seed=seed, terminate_on_success=True)``, i.e. what
 ``gym.make("Meta-World/MT1", env_name=task, seed=seed, terminate_on_success=True)`` builds,
 39-d observations (goal included), 4-d actions. MT1 draws a fixed set of 50 goal/object
-configurations from ``seed`` and each reset picks one of them at random. That registration's
+configurations from ``seed``; a reset with a seed picks one of them from that seed, one without
+from MT1's own RNG (see :class:`MT1Env`). That registration's
 entry point is a lambda, which an ``EnvSpec`` cannot serialise, so datasets record
 ``make_env`` below (``pa_rl.data.metaworld:make_env``) with the same ``seed`` kwarg as both env
 and eval env: evaluation draws from exactly the 50 configurations the data cover.
@@ -31,6 +32,7 @@ import metaworld
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from metaworld.policies import ENV_POLICY_MAP
+from metaworld.wrappers import RandomTaskSelectWrapper
 
 from pa_rl.data.generator import EpisodePlan, Generated, noisy, rollout
 
@@ -44,23 +46,52 @@ def tasks() -> list[str]:
     return sorted(name.removesuffix("-v3") for name in ENV_POLICY_MAP)
 
 
-class SuccessReward(gym.Wrapper):
-    """Replaces Meta-World's dense shaped reward by ``success - 1`` (the datasets' reward)."""
+class MT1Env(gym.Wrapper):
+    """Meta-World's MT1 env as the datasets see it: reward ``success - 1`` instead of the dense
+    shaped one, and a seeded reset picks its configuration from the seed.
+
+    MT1's own task wrapper draws the configuration from an RNG that ``reset(seed=...)`` never
+    touches, so envs built with the same ``seed`` replay one sequence: 20 parallel evaluation
+    envs ran 20 copies of one configuration. A reset without a seed keeps MT1's draw.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._tasks = _find_wrapper(env, RandomTaskSelectWrapper)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        if seed is None:
+            return self.env.reset(options=options)
+        tasks = self._tasks.tasks
+        self._tasks.unwrapped.set_task(tasks[np.random.default_rng(seed).integers(len(tasks))])
+        self._tasks.toggle_sample_tasks_on_reset(False)
+        try:
+            return self.env.reset(seed=seed, options=options)
+        finally:
+            self._tasks.toggle_sample_tasks_on_reset(True)
 
     def step(self, action: np.ndarray) -> tuple:
         obs, _, terminated, truncated, info = self.env.step(action)
         return obs, float(info["success"]) - 1.0, terminated, truncated, info
 
 
+def _find_wrapper(env: gym.Env, kind: type[gym.Wrapper]) -> gym.Wrapper:
+    while not isinstance(env, kind):
+        if not isinstance(env, gym.Wrapper):
+            raise TypeError(f"no {kind.__name__} in the Meta-World env's wrappers (metaworld {version('metaworld')})")
+        env = env.env
+    return env
+
+
 def make_env(task: str, seed: int, render_mode: str | None = None) -> gym.Env:
     """Gym entry point recorded in the datasets: the MT1 env of ``task`` (terminates on success),
-    rewarding ``success - 1``.
+    rewarding ``success - 1``, with seeded resets choosing among its 50 configurations.
 
     The step limit comes from the spec's ``max_episode_steps`` (the inner Meta-World limit stays
     at its 500-step maximum, past which Meta-World raises).
     """
     env = metaworld.make_mt_envs(f"{task}-v3", seed=seed, terminate_on_success=True, render_mode=render_mode)
-    return SuccessReward(env)
+    return MT1Env(env)
 
 
 def env_spec(task: str, seed: int) -> EnvSpec:
