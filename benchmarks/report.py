@@ -161,41 +161,52 @@ def ablation_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str])
 
 
 def plot(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str], path: Path) -> None:
-    """Success vs online env steps per method, mean ± std band over seeds, one panel per task."""
+    """Success vs online env steps, mean ± std band over seeds: one panel per task for ``methods``,
+    and one per task that has ablation cells; a method keeps its colour in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in tasks if any((t, m) in cells and METHODS[m].online for m in methods)]
-    if not tasks:
+    ablations = list(GROUPS["ablations"])
+    panels = [(task, task, methods) for task in tasks if any((task, m) in cells for m in methods if METHODS[m].online)]
+    panels += [(task, f"{task}: ablations", ablations) for task in tasks
+               if any((task, m) in cells for m in ablations[1:])]
+    if not panels:
         return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    palette = plt.get_cmap("tab20").colors
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys([*methods, *ablations]))}
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (task, title, names) in zip(axes.flat, panels):
         x_max = max(r["online_env_steps"] for (t, _), runs in cells.items() if t == task for r in runs) or 1
-        for method in methods:
+        for method in names:
             runs = cells.get((task, method))
             if not runs:
                 continue
+            label = f"{method} ({len(runs)})"
             if not METHODS[method].online:  # BC: a flat dashed line at its score, for reference
                 level = 100 * statistics.fmean(r["offline_score"] for r in runs)
-                ax.plot([0, x_max], [level, level], "--", label=f"{method} ({len(runs)})")
+                ax.plot([0, x_max], [level, level], "--", color=colours[method], label=label)
                 continue
             points = mean_curve(runs)
             steps = [p[0] for p in points]
             mean = [100 * p[1] for p in points]
             std = [100 * p[2] for p in points]
-            line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({len(runs)})")
+            ax.plot(steps, mean, marker="o", markersize=3, color=colours[method], label=label)
             ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=line.get_color(), alpha=0.15)
-        ax.set_title(task, fontsize=10)
-        ax.set_xlabel("online env steps (0 = end of offline)")
-        ax.set_ylabel("success % (score mode)")
+                            color=colours[method], alpha=0.12)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("online env steps (0 = end of offline)", fontsize=8)
+        ax.set_ylabel("success % (score mode)", fontsize=8)
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.legend(fontsize=6, loc="best", title="method (seeds)", title_fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
