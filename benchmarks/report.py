@@ -91,9 +91,16 @@ def wall_clock(runs: list[Result]) -> str:
     return f"{statistics.fmean(times):.0f}{spread}"
 
 
+def online_updates(result: Result) -> int:
+    """Updates of the online phase: the warm-up episodes come first, so a short env-step budget on
+    long episodes can leave none (the online score is then the offline agent's, re-evaluated)."""
+    train = result["config"]["train"]
+    return result["updates"] - train["bc_steps"] - train["offline_steps"]
+
+
 def scores_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
-    rows = ["| task | method | score mode | offline | online | seeds | wall clock s / cell | updates/s |",
-            "|---|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| task | method | score mode | offline | online | online updates | seeds | wall clock s / cell "
+            "| updates/s |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for task in tasks:
         for method in methods:
             runs = cells.get((task, method))
@@ -103,6 +110,7 @@ def scores_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], m
             rows.append(f"| {task} | {method} | {runs[0]['score_mode']} "
                         f"| {mean_std([r['offline_score'] for r in runs])} "
                         f"| {mean_std(online) if online else 'n/a (no online phase)'} "
+                        f"| {f'{statistics.fmean(online_updates(r) for r in runs):.0f}' if online else '–'} "
                         f"| {len(runs)} ({', '.join(str(r['seed']) for r in sorted(runs, key=lambda r: r['seed']))}) "
                         f"| {wall_clock(runs)} "
                         f"| {statistics.fmean(r['updates_per_s'] for r in runs):.1f} |")
