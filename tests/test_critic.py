@@ -145,17 +145,27 @@ def test_calql_keeps_policy_values_above_the_monte_carlo_bound_where_cql_does_no
 def test_cached_policy_samples_replace_sampling_in_updates() -> None:
     class CountingPolicy(UniformPolicy):
         calls = 0
+        states = 0
 
         def sample(self, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
             CountingPolicy.calls += 1
+            CountingPolicy.states += len(obs)
             return super().sample(obs, num_samples)
 
     config = AgentConfig(critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
                          optimizer=OptimizerConfig(num_samples=6, top_k=3, local_steps=1))
     agent = Agent(CountingPolicy(1), 2, -ONE, ONE, config)
-    buffer = ReplayBuffer.from_episodes(chain_episodes(50, np.random.default_rng(0)), gamma=0.9)
+    episodes = chain_episodes(50, np.random.default_rng(0))
+    buffer = ReplayBuffer.from_episodes(episodes, gamma=0.9)
+    CountingPolicy.states = 0
     buffer.cache_policy_samples(agent.sample_policy, chunk=32)
-    assert buffer.policy_samples["policy_samples"].shape == (100, 6, 1)
+    samples, next_samples = buffer.policy_samples["policy_samples"], buffer.policy_samples["next_policy_samples"]
+    assert samples.shape == next_samples.shape == (100, 6, 1)
+    # A next state that is the following row's state reuses its samples: one draw per state, plus episode ends.
+    assert CountingPolicy.states == 100 + len(episodes)
+    shared = (buffer.storage["next_obs"][:99] == buffer.storage["obs"][1:]).all(dim=1)
+    assert shared.sum() == 100 - len(episodes)
+    assert torch.equal(next_samples[:99][shared], samples[1:][shared])
     calls = CountingPolicy.calls
     batch = buffer.sample(16)
     agent.update(batch, distill=True)

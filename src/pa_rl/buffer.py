@@ -131,17 +131,30 @@ class ReplayBuffer:
 
         Valid only while the policy is frozen (the offline phase without distillation, as in the
         reference code): it replaces the dominant cost of an update, sampling B×N actions twice.
+        Inside an episode ``next_obs[i]`` is ``obs[i + 1]``; such states share their samples, so
+        only episode ends are drawn twice and the cache costs about one draw per transition.
         Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
         """
         from tqdm.auto import tqdm
 
-        with tqdm(total=2 * self.size, desc="caching policy samples", disable=not progress, leave=False) as bar:
-            for source, target in (("obs", "policy_samples"), ("next_obs", "next_policy_samples")):
+        obs, next_obs = self.storage["obs"][: self.size], self.storage["next_obs"][: self.size]
+        shared = torch.zeros(self.size, dtype=torch.bool, device=self.device)
+        shared[:-1] = (next_obs[:-1] == obs[1:]).all(dim=1)
+        ends = next_obs[~shared]
+        with tqdm(total=self.size + len(ends), desc="caching policy samples", disable=not progress,
+                  leave=False) as bar:
+            def draw(states: torch.Tensor) -> torch.Tensor:
                 parts = []
-                for start in range(0, self.size, chunk):
-                    parts.append(sample(self.storage[source][start: start + chunk]))
+                for start in range(0, len(states), chunk):
+                    parts.append(sample(states[start: start + chunk]))
                     bar.update(len(parts[-1]))
-                self.policy_samples[target] = torch.cat(parts)
+                return torch.cat(parts)
+
+            samples = draw(obs)
+            next_samples = torch.empty_like(samples)
+            next_samples[:-1][shared[:-1]] = samples[1:][shared[:-1]]
+            next_samples[~shared] = draw(ends)
+        self.policy_samples = {"policy_samples": samples, "next_policy_samples": next_samples}
 
     def drop_policy_samples(self) -> None:
         self.policy_samples = {}
