@@ -317,13 +317,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def expected_seconds(results: Path, task: str, method: str) -> float:
     """The longest wall clock of this method's finished cells on this task (any seed); without one,
-    of the finished cells with the same policy class and phases (BC or not); 0 if none either."""
-    finished = [json.loads(p.read_text()) for p in results.glob(f"{task}__*.json")]
-    same = [r["wall_clock_s"] for r in finished if r["method"] == method]
+    of the finished cells on this task with the same policy class and phases (BC or not); without
+    those, of this method's cells on any task; 0 if none at all."""
+    finished = [json.loads(p.read_text()) for p in results.glob("*.json")]
     kind = (METHODS[method].policy, METHODS[method].online)
-    similar = [r["wall_clock_s"] for r in finished
+    here = [r for r in finished if r["task"] == task]
+    same = [r["wall_clock_s"] for r in here if r["method"] == method]
+    similar = [r["wall_clock_s"] for r in here
                if r["method"] in METHODS and (METHODS[r["method"]].policy, METHODS[r["method"]].online) == kind]
-    return max(same or similar, default=0.0)
+    elsewhere = [r["wall_clock_s"] for r in finished if r["method"] == method]
+    return max(same or similar or elsewhere, default=0.0)
 
 
 def next_utc_time(text: str) -> datetime.datetime:

@@ -94,3 +94,18 @@ def test_stop_by_is_the_next_occurrence_of_that_time() -> None:
     assert now < suite.next_utc_time(f"{later:%H:%M}") <= later
     with pytest.raises(argparse.ArgumentTypeError, match="expected HH:MM"):
         suite.next_utc_time("noon")
+
+
+def test_expected_time_falls_back_to_similar_cells_then_other_tasks(tmp_path: Path) -> None:
+    def finished(task: str, method: str, seconds: float) -> None:
+        cell = {"task": task, "method": method, "wall_clock_s": seconds}
+        (tmp_path / f"{suite.cell_name(task, method, 0)}.json").write_text(json.dumps(cell))
+
+    assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 0.0
+    finished("pointmaze-medium", "parl-diffusion", 500.0)
+    # A task without finished cells (a fresh data set) is not free: the method's time elsewhere counts.
+    assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 500.0
+    finished("pointmaze-umaze", "parl-diffusion-n4", 300.0)
+    assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 300.0
+    finished("pointmaze-umaze", "parl-diffusion", 600.0)
+    assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 600.0
