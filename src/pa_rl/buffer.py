@@ -151,8 +151,7 @@ class ReplayBuffer:
                 return torch.cat(parts)
 
             samples = draw(obs)
-            next_samples = torch.empty_like(samples)
-            next_samples[:-1][shared[:-1]] = samples[1:][shared[:-1]]
+            next_samples = samples.roll(-1, dims=0)  # row i gets row i + 1's samples; ends are redrawn
             next_samples[~shared] = draw(ends)
         self.policy_samples = {"policy_samples": samples, "next_policy_samples": next_samples}
 

@@ -63,7 +63,7 @@ class MT1Env(gym.Wrapper):
         if seed is None:
             return self.env.reset(options=options)
         tasks = self._tasks.tasks
-        self._tasks.unwrapped.set_task(tasks[np.random.default_rng(seed).integers(len(tasks))])
+        self.unwrapped.set_task(tasks[np.random.default_rng(seed).integers(len(tasks))])
         self._tasks.toggle_sample_tasks_on_reset(False)
         try:
             return self.env.reset(seed=seed, options=options)
