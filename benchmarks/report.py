@@ -84,11 +84,15 @@ def mean_curve(runs: list[Result]) -> list[tuple[int, float, float, int]]:
             for s, v in sorted(by_step.items())]
 
 
-def wall_clock(runs: list[Result]) -> str:
-    """Mean wall clock of the cells, with the range when there are several."""
-    times = [r["wall_clock_s"] for r in runs]
-    spread = f" ({min(times):.0f}–{max(times):.0f})" if len(times) > 1 else ""
-    return f"{statistics.fmean(times):.0f}{spread}"
+def per_device(runs: list[Result], field: str, digits: int = 0, spread: bool = True) -> str:
+    """Mean of a timing field over the cells, with the range when there are several; cells run on
+    another device than the CPU are averaged apart and named (a GPU cell's time is not a CPU cost)."""
+    parts = []
+    for device in sorted({r["machine"]["device"] for r in runs}, key=lambda d: d != "cpu"):
+        values = [r[field] for r in runs if r["machine"]["device"] == device]
+        span = f" ({min(values):.{digits}f}–{max(values):.{digits}f})" if spread and len(values) > 1 else ""
+        parts.append(f"{statistics.fmean(values):.{digits}f}{span}" + ("" if device == "cpu" else f" on {device}"))
+    return "; ".join(parts)
 
 
 def online_updates(result: Result) -> int:
@@ -112,8 +116,8 @@ def scores_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], m
                         f"| {mean_std(online) if online else 'n/a (no online phase)'} "
                         f"| {f'{statistics.fmean(online_updates(r) for r in runs):.0f}' if online else '–'} "
                         f"| {len(runs)} ({', '.join(str(r['seed']) for r in sorted(runs, key=lambda r: r['seed']))}) "
-                        f"| {wall_clock(runs)} "
-                        f"| {statistics.fmean(r['updates_per_s'] for r in runs):.1f} |")
+                        f"| {per_device(runs, 'wall_clock_s')} "
+                        f"| {per_device(runs, 'updates_per_s', digits=1, spread=False)} |")
     return "\n".join(rows)
 
 
@@ -152,19 +156,21 @@ def efficiency_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str
 
 
 def ablation_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str]) -> str:
-    rows = ["| task | variant | N | k | T | offline | online | seeds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| task | variant | N | k | T | offline | online | seeds | wall clock s / cell |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for task in tasks:
         if not any((task, m) in cells for m in GROUPS["ablations"][1:]):
             continue
         for method in GROUPS["ablations"]:
             runs = cells.get((task, method))
             if not runs:
-                rows.append(f"| {task} | {method} | | | | not run | not run | 0 |")
+                rows.append(f"| {task} | {method} | | | | not run | not run | 0 | |")
                 continue
             opt = runs[0]["config"]["agent"]["optimizer"]
             online = [r["online_score"] for r in runs if r["online_score"] is not None]
             rows.append(f"| {task} | {method} | {opt['num_samples']} | {opt['top_k']} | {opt['local_steps']} "
-                        f"| {mean_std([r['offline_score'] for r in runs])} | {mean_std(online)} | {len(runs)} |")
+                        f"| {mean_std([r['offline_score'] for r in runs])} | {mean_std(online)} | {len(runs)} "
+                        f"| {per_device(runs, 'wall_clock_s')} |")
     return "\n".join(rows) if len(rows) > 2 else "(no ablation cells in these results)"
 
 

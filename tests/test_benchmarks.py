@@ -109,3 +109,12 @@ def test_expected_time_falls_back_to_similar_cells_then_other_tasks(tmp_path: Pa
     assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 300.0
     finished("pointmaze-umaze", "parl-diffusion", 600.0)
     assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 600.0
+
+
+def test_report_keeps_gpu_timings_apart_from_cpu_ones() -> None:
+    def cell(device: str, seconds: float) -> report.Result:
+        return {"machine": {"device": device}, "wall_clock_s": seconds, "updates_per_s": 1000 / seconds}
+
+    runs = [cell("cuda", 50.0), cell("cpu", 100.0), cell("cpu", 200.0)]
+    assert report.per_device(runs, "wall_clock_s") == "150 (100–200); 50 on cuda"
+    assert report.per_device(runs, "updates_per_s", digits=1, spread=False) == "7.5; 20.0 on cuda"

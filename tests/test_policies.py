@@ -38,6 +38,17 @@ def test_contract_shapes_bounds_and_gradients(name: str) -> None:
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("name", POLICIES)
+def test_an_agent_keeps_every_tensor_on_its_device(name: str) -> None:
+    """Built for a device other than the CPU (PyTorch's 'meta' device stands in for CUDA here: mixing
+    it with CPU tensors fails the same way), all state and π̂'s candidates live there."""
+    agent = Agent(build(name), OBS_DIM, LOW, HIGH, device="meta")
+    tensors = [*agent.parameters(), *agent.buffers(), agent.action_optimizer.low, agent.action_optimizer.high]
+    assert {t.device.type for t in tensors} == {"meta"}
+    candidates = agent.optimize_actions(torch.randn(4, OBS_DIM, device="meta"))
+    assert candidates.actions.device.type == "meta" and candidates.actions.shape[0] == 4
+
+
 @pytest.mark.parametrize("name", CLASSES)
 def test_sampling_is_deterministic_under_a_seed(name: str) -> None:
     policy = build(name).eval()

@@ -119,9 +119,9 @@ class Agent(nn.Module):
             self.log_alpha = nn.Parameter(torch.zeros((), device=self.device))
             self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.distill_lr)
             self.target_entropy = -float(self.action_dim)
-        self.action_optimizer = ActionOptimizer(config.optimizer, low, high)
-        self.register_buffer("action_low", torch.tensor(low))
-        self.register_buffer("action_high", torch.tensor(high))
+        self.register_buffer("action_low", torch.tensor(low, device=self.device))
+        self.register_buffer("action_high", torch.tensor(high, device=self.device))
+        self.action_optimizer = ActionOptimizer(config.optimizer, self.action_low, self.action_high)
         self.bc_steps_done = 0
 
     # ---- acting -------------------------------------------------------------------------------

@@ -100,8 +100,8 @@ class ActionOptimizer:
     def __init__(self, config: OptimizerConfig, action_low: np.ndarray | torch.Tensor,
                  action_high: np.ndarray | torch.Tensor) -> None:
         self.config = config
-        self.low = torch.as_tensor(np.asarray(action_low), dtype=torch.float32)
-        self.high = torch.as_tensor(np.asarray(action_high), dtype=torch.float32)
+        self.low = torch.as_tensor(action_low, dtype=torch.float32)  # a tensor keeps its device
+        self.high = torch.as_tensor(action_high, dtype=torch.float32)
 
     def value(self, critic: QEnsemble, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The ensemble reduced as the optimizer sees it (mean or min over members)."""
