@@ -7,6 +7,7 @@ where it stopped (a cell cut mid-run continues from its last phase checkpoint).
 
     python benchmarks/suite.py --tasks pointmaze-umaze --methods main --seeds 0 1 2
     python benchmarks/suite.py --tasks pointmaze-umaze --methods parl-diffusion --seeds 0 --bc-steps 1000
+    python benchmarks/suite.py --tasks all --methods main --jobs 2   # two cells at a time (one per core)
     python benchmarks/suite.py --list            # task, method and group names
 
 Results: ``benchmarks/results/<task>__<method>__s<seed>.json``; run folders (metrics, checkpoints)
@@ -16,9 +17,11 @@ under ``runs/bench/<results folder name>/``. ``python benchmarks/report.py`` tur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -26,6 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -215,8 +219,10 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: Path, runs_dir: Path,
-             data_dir: Path, command: str, device: str = "cpu") -> Path:
-    """Train one cell and write its JSON atomically; an existing JSON with the same config is kept."""
+             data_dir: Path, command: str, device: str = "cpu", tag: str = "") -> Path:
+    """Train one cell and write its JSON atomically; an existing JSON with the same config is kept.
+    ``tag`` (e.g. "[3/21]") starts each line it prints, whole, so parallel cells' lines stay apart."""
+    tag = f"{tag} " if tag else ""
     method = METHODS[method_name]
     config = cell_config(task, method_name, seed, budgets, runs_dir, data_dir, device)
     out = results / f"{config.name}.json"
@@ -226,13 +232,13 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
         if changed:
             raise SystemExit(f"error: {out} was run with another config ({'; '.join(changed[:4])}); "
                              "use another --results folder or delete it")
-        print(f"skip {config.name}: {out} exists", flush=True)
+        print(f"{tag}skip {config.name}: {out} exists", flush=True)
         return out
     run_dir = config.run_dir
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # a cell killed before its first checkpoint: start it again
-    print(f"start {config.name}{' (resuming)' if resume else ''}: {method.summary}", flush=True)
+    print(f"{tag}{clock()} start {config.name}{' (resuming)' if resume else ''}: {method.summary}", flush=True)
     start = time.perf_counter()
     data = resolve_dataset(config)
     agent = build_agent(config, data)
@@ -261,7 +267,7 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(out)
     online = "n/a" if payload["online_score"] is None else f"{payload['online_score']:.0%}"
-    print(f"done  {config.name}: offline {offline:.0%}, online {online}, {wall:.0f} s "
+    print(f"{tag}{clock()} done  {config.name}: offline {offline:.0%}, online {online}, {wall:.0f} s "
           f"({payload['updates_per_s']:.1f} updates/s)", flush=True)
     return out
 
@@ -276,7 +282,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs/bench/<results folder name>")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "datasets", help="where built-in data sets live")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (per job)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run at once, each in its own process (e.g. one per core with --threads 1)")
     parser.add_argument("--stop-by", type=next_utc_time, default=None, metavar="HH:MM",
                         help="UTC; do not start a cell expected (from this method's finished cells) to end later")
     parser.add_argument("--list", action="store_true", help="print tasks, methods and groups, and exit")
@@ -303,16 +311,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(
         ["python", "benchmarks/suite.py", *argv])
     cells = [(task, method, seed) for seed in args.seeds for task in tasks for method in methods]
-    for index, (task, method, seed) in enumerate(cells, 1):
-        now = datetime.datetime.now(datetime.timezone.utc)
-        print(f"[{index}/{len(cells)}] {now:%H:%M:%S}", end=" ", flush=True)
-        if args.stop_by is not None and not (args.results / f"{cell_name(task, method, seed)}.json").exists():
-            expected = expected_seconds(args.results, task, method)
-            if now + datetime.timedelta(seconds=expected) > args.stop_by:
-                print(f"not started {cell_name(task, method, seed)}: it would end after {args.stop_by:%H:%M} UTC "
-                      f"(expected {expected:.0f} s from finished cells)", flush=True)
-                continue
-        run_cell(task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device)
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1:  # make missing data sets here, once, rather than in racing workers
+        for task in dict.fromkeys(task for task, _, _ in cells):
+            resolve_dataset(cell_config(task, methods[0], args.seeds[0], budgets, runs_dir, args.data_dir))
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or CUDA state
+    with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.threads,)) \
+            if args.jobs > 1 else contextlib.nullcontext() as pool:
+        running: set[Future[Path]] = set()
+        for index, (task, method, seed) in enumerate(cells, 1):
+            while len(running) >= args.jobs:  # wait for a free slot: --stop-by judges a cell when it starts
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # a failed cell stops the suite with its error
+            tag = f"[{index}/{len(cells)}]"
+            name = cell_name(task, method, seed)
+            if args.stop_by is not None and not (args.results / f"{name}.json").exists():
+                expected = expected_seconds(args.results, task, method)
+                if datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expected) > args.stop_by:
+                    print(f"{tag} {clock()} not started {name}: it would end after {args.stop_by:%H:%M} UTC "
+                          f"(expected {expected:.0f} s from finished cells)", flush=True)
+                    continue
+            cell = (task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device, tag)
+            if pool is None:
+                run_cell(*cell)
+            else:
+                running.add(pool.submit(run_cell, *cell))
+        for future in running:
+            future.result()
+
+
+def clock() -> str:
+    return f"{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}"
 
 
 def expected_seconds(results: Path, task: str, method: str) -> float:

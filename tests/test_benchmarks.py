@@ -61,6 +61,21 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert png.stat().st_size > 1000
 
 
+def test_parallel_jobs_give_the_cells_of_a_sequential_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    assert pa_rl(["data", "make", "pointmaze-umaze", "--size", "3000", "--out", str(tmp_path / "datasets")]) == 0
+    common = ["--tasks", "pointmaze-umaze", "--methods", "bc-gaussian", "--data-dir", str(tmp_path / "datasets"), *TINY]
+    suite.main([*common, "--seeds", "1", "--results", str(tmp_path / "one"), "--runs-dir", str(tmp_path / "r1")])
+    suite.main([*common, "--seeds", "0", "1", "--jobs", "2", "--results", str(tmp_path / "two"),
+                "--runs-dir", str(tmp_path / "r2")])
+    alone, beside = (json.loads((tmp_path / d / "pointmaze-umaze__bc-gaussian__s1.json").read_text()) for d in ("one", "two"))
+    assert (tmp_path / "two" / "pointmaze-umaze__bc-gaussian__s0.json").exists()
+    assert beside["summary"]["bc"] == alone["summary"]["bc"] and beside["evaluations"] == alone["evaluations"]
+    assert beside["machine"]["torch_threads"] == 1  # each worker process keeps --threads
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        suite.main([*common, "--jobs", "0"])
+
+
 def test_unknown_names_stop_with_the_valid_ones() -> None:
     with pytest.raises(SystemExit, match="unknown method 'parl-mlp'; valid: parl-diffusion"):
         suite.main(["--methods", "parl-mlp"])
