@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 
 from pa_rl.presets import cpu
-from pa_rl.runs import RunConfig, build_agent, resolve_dataset
+from pa_rl.runs import RunConfig, build_agent, ensure_dataset, resolve_dataset
 from pa_rl.train import differences, to_jsonable, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: --jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1:  # make missing data sets here, once, rather than in racing workers
         for task in dict.fromkeys(task for task, _, _ in cells):
-            resolve_dataset(cell_config(task, methods[0], args.seeds[0], budgets, runs_dir, args.data_dir))
+            ensure_dataset(cell_config(task, methods[0], args.seeds[0], budgets, runs_dir, args.data_dir))
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or CUDA state
     with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.threads,)) \
             if args.jobs > 1 else contextlib.nullcontext() as pool:
@@ -326,13 +326,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for future in finished:
                     future.result()  # a failed cell stops the suite with its error
             tag = f"[{index}/{len(cells)}]"
-            name = cell_name(task, method, seed)
-            if args.stop_by is not None and not (args.results / f"{name}.json").exists():
-                expected = expected_seconds(args.results, task, method)
-                if datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expected) > args.stop_by:
-                    print(f"{tag} {clock()} not started {name}: it would end after {args.stop_by:%H:%M} UTC "
-                          f"(expected {expected:.0f} s from finished cells)", flush=True)
-                    continue
+            if args.stop_by is not None and too_late(args.results, task, method, seed, args.stop_by, tag):
+                continue
             cell = (task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device, tag)
             if pool is None:
                 run_cell(*cell)
@@ -340,6 +335,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 running.add(pool.submit(run_cell, *cell))
         for future in running:
             future.result()
+
+
+def too_late(results: Path, task: str, method: str, seed: int, stop_by: datetime.datetime, tag: str) -> bool:
+    """Whether an unfinished cell, started now, is expected to end after ``stop_by`` (then says so)."""
+    name = cell_name(task, method, seed)
+    if (results / f"{name}.json").exists():
+        return False  # finished: run_cell only skips it
+    expected = expected_seconds(results, task, method)
+    if datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expected) <= stop_by:
+        return False
+    print(f"{tag} {clock()} not started {name}: it would end after {stop_by:%H:%M} UTC "
+          f"(expected {expected:.0f} s from finished cells)", flush=True)
+    return True
 
 
 def clock() -> str:

@@ -79,16 +79,22 @@ def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def ensure_dataset(config: RunConfig) -> str:
+    """What to load for the run's data set: a built-in one is generated the first time it is asked
+    for (its folder), anything else is a Minari id or path, returned as given."""
+    if config.dataset not in available_datasets():
+        return config.dataset
+    root = Path(config.data_dir) if config.data_dir is not None else datasets_root()
+    path = root / "pa-rl" / f"{config.dataset}-v0"
+    if not path.exists():
+        print(f"generating data set {config.dataset!r} in {root} (first use)", file=sys.stderr)
+        make_dataset(config.dataset, out_dir=str(root), seed=0)
+    return str(path)
+
+
 def resolve_dataset(config: RunConfig) -> LoadedDataset:
     """Load the run's data set, generating a built-in one the first time it is asked for."""
-    if config.dataset in available_datasets():
-        root = Path(config.data_dir) if config.data_dir is not None else datasets_root()
-        path = root / "pa-rl" / f"{config.dataset}-v0"
-        if not path.exists():
-            print(f"generating data set {config.dataset!r} in {root} (first use)", file=sys.stderr)
-            make_dataset(config.dataset, out_dir=str(root), seed=0)
-        return load_dataset(str(path))
-    return load_dataset(config.dataset)
+    return load_dataset(ensure_dataset(config))
 
 
 def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
