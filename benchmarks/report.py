@@ -23,7 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite import BASELINES, GROUPS, METHODS, TASKS  # noqa: E402
+from suite import BASELINES, GROUPS, METHODS, TASKS, has_online_phase  # noqa: E402
 
 Result = dict[str, Any]
 
@@ -131,6 +131,7 @@ def modes_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], me
             if not runs or not METHODS[method].online:
                 continue
             cols = [mean_std([r["summary"][phase][f"eval/{mode}_success"] for r in runs])
+                    if phase in runs[0]["summary"] else "n/a"
                     for phase in ("offline", "online") for mode in ("pa_rl", "policy")]
             rows.append(f"| {task} | {method} | {' | '.join(cols)} |")
     return "\n".join(rows)
@@ -146,7 +147,7 @@ def efficiency_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str
         target = finals[best]
         for method in methods:
             runs = cells.get((task, method))
-            if not runs or not METHODS.get(method) or not METHODS[method].online:
+            if not runs or not has_online_phase(task, method):
                 continue
             reached = next((step for step, mean, _, _ in mean_curve(runs) if mean >= target - 1e-9), None)
             budget = max(r["online_env_steps"] for r in runs)
@@ -183,7 +184,8 @@ def plot(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: 
     import matplotlib.pyplot as plt
 
     ablations = list(GROUPS["ablations"])
-    panels = [(task, task, methods) for task in tasks if any((task, m) in cells for m in methods if METHODS[m].online)]
+    panels = [(task, task, methods) for task in tasks
+              if any((task, m) in cells for m in methods if has_online_phase(task, m))]
     panels += [(task, f"{task}: ablations", ablations) for task in tasks
                if any((task, m) in cells for m in ablations[1:])]
     if not panels:
