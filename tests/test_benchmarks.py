@@ -133,3 +133,32 @@ def test_report_keeps_gpu_timings_apart_from_cpu_ones() -> None:
     runs = [cell("cuda", 50.0), cell("cpu", 100.0), cell("cpu", 200.0)]
     assert report.per_device(runs, "wall_clock_s") == "150 (100–200); 50 on cuda"
     assert report.per_device(runs, "updates_per_s", digits=1, spread=False) == "7.5; 20.0 on cuda"
+
+
+def test_the_full_suite_covers_every_task_and_method_and_runs_the_long_mazes_offline_only() -> None:
+    assert {t for tasks, _ in suite.FULL_SUITE for t in tasks} == set(suite.TASKS)
+    assert {m for _, methods in suite.FULL_SUITE for m in methods} == set(suite.METHODS)
+    assert sum(len(tasks) * len(methods) for tasks, methods in suite.FULL_SUITE) == 51  # cells per seed
+
+    def online_steps(task: str) -> int:
+        return suite.cell_config(task, "parl-diffusion", 0, suite.Budgets(), Path("r"), Path("d")).train.online_env_steps
+
+    assert online_steps("pointmaze-large") == online_steps("pointmaze-medium") == 0
+    assert online_steps("pointmaze-umaze") == online_steps("metaworld-push") == suite.cpu().train.online_env_steps
+    assert suite.has_online_phase("pointmaze-umaze", "parl-diffusion")
+    assert not suite.has_online_phase("pointmaze-large", "parl-diffusion")
+    assert not suite.has_online_phase("pointmaze-umaze", "bc-diffusion")
+
+
+def test_report_says_n_a_for_a_task_without_online_phase() -> None:
+    evaluation = {"eval/pa_rl_success": 0.5, "eval/policy_success": 0.25}
+    run = {"task": "pointmaze-large", "method": "parl-diffusion", "seed": 0, "score_mode": "pa_rl",
+           "offline_score": 0.5, "online_score": None, "online_env_steps": 0, "updates": 4000,
+           "config": {"train": {"bc_steps": 3000, "offline_steps": 1000}},
+           "summary": {"bc": {"eval/policy_success": 0.25}, "offline": evaluation},
+           "evaluations": [{"phase": "offline", "step": 4000, "env_steps": 0, **evaluation}],
+           "machine": {"device": "cpu"}, "wall_clock_s": 100.0, "updates_per_s": 40.0}
+    cells = {("pointmaze-large", "parl-diffusion"): [run]}
+    assert "| 50 ± 0 % | n/a (no online phase) | – |" in report.scores_table(cells, ["pointmaze-large"], ["parl-diffusion"])
+    modes = report.modes_table(cells, ["pointmaze-large"], ["parl-diffusion"])
+    assert "| pointmaze-large | parl-diffusion | 50 ± 0 % | 25 ± 0 % | n/a | n/a |" in modes
