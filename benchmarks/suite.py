@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for future in finished:
                     future.result()  # a failed cell stops the suite with its error
             tag = f"[{index}/{len(cells)}]"
-            if args.stop_by is not None and too_late(args.results, task, method, seed, args.stop_by, tag):
+            if args.stop_by is not None and too_late(args.results, task, method, seed, args.device, args.stop_by, tag):
                 continue
             cell = (task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device, tag)
             if pool is None:
@@ -361,12 +361,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             future.result()
 
 
-def too_late(results: Path, task: str, method: str, seed: int, stop_by: datetime.datetime, tag: str) -> bool:
+def too_late(results: Path, task: str, method: str, seed: int, device: str, stop_by: datetime.datetime,
+             tag: str) -> bool:
     """Whether an unfinished cell, started now, is expected to end after ``stop_by`` (then says so)."""
     name = cell_name(task, method, seed)
     if (results / f"{name}.json").exists():
         return False  # finished: run_cell only skips it
-    expected = expected_seconds(results, task, method)
+    expected = expected_seconds(results, task, method, device)
     if datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expected) <= stop_by:
         return False
     print(f"{tag} {clock()} not started {name}: it would end after {stop_by:%H:%M} UTC "
@@ -378,11 +379,13 @@ def clock() -> str:
     return f"{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}"
 
 
-def expected_seconds(results: Path, task: str, method: str) -> float:
+def expected_seconds(results: Path, task: str, method: str, device: str = "cpu") -> float:
     """The longest wall clock of this method's finished cells on this task (any seed); without one,
     of the finished cells on this task with the same policy class and phases (BC or not); without
-    those, of this method's cells on any task; 0 if none at all."""
-    finished = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    those, of this method's cells on any task; 0 if none at all. Only cells run on ``device`` count
+    (a GPU cell's time says nothing about a CPU run's)."""
+    finished = [r for r in map(json.loads, (p.read_text() for p in results.glob("*.json")))
+                if r.get("machine", {}).get("device", "cpu") == device]
     kind = (METHODS[method].policy, METHODS[method].online)
     here = [r for r in finished if r["task"] == task]
     same = [r["wall_clock_s"] for r in here if r["method"] == method]

@@ -124,6 +124,10 @@ def test_expected_time_falls_back_to_similar_cells_then_other_tasks(tmp_path: Pa
     assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 300.0
     finished("pointmaze-umaze", "parl-diffusion", 600.0)
     assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-diffusion") == 600.0
+    cell = {"task": "pointmaze-umaze", "method": "parl-flow", "wall_clock_s": 90.0, "machine": {"device": "cuda"}}
+    (tmp_path / "gpu.json").write_text(json.dumps(cell))  # a GPU cell says nothing about a CPU run's time
+    assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-flow") == 0.0  # no CPU flow cell yet
+    assert suite.expected_seconds(tmp_path, "pointmaze-umaze", "parl-flow", "cuda") == 90.0
 
 
 def test_report_keeps_gpu_timings_apart_from_cpu_ones() -> None:
