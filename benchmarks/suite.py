@@ -204,6 +204,7 @@ def cell_config(task: str, method_name: str, seed: int, budgets: Budgets, runs_d
 
 
 def has_online_phase(task: str, method: str) -> bool:
+    """Whether a cell has an online phase: not for BC methods, nor on ``OFFLINE_ONLY_TASKS``."""
     return METHODS[method].online and task not in OFFLINE_ONLY_TASKS
 
 
@@ -263,13 +264,14 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
     summary = result.summary
     offline_phase = "offline" if config.train.offline_steps else "bc"
     offline = score(summary, offline_phase, method.score_mode)
+    has_online = has_online_phase(task, method_name)
     payload = {
         "task": task, "method": method_name, "seed": seed, "policy": method.policy,
         "score_mode": method.score_mode, "description": method.summary,
         "offline_score": offline,
-        "online_score": score(summary, "online", method.score_mode) if has_online_phase(task, method_name) else None,
-        "online_score_note": None if has_online_phase(task, method_name) else (
-            "no online phase (BC only): n/a" if not method.online else "no online phase on this task: n/a"),
+        "online_score": score(summary, "online", method.score_mode) if has_online else None,
+        "online_score_note": None if has_online else "no online phase (BC only): n/a" if not method.online
+        else "no online phase on this task: n/a",
         "bc_score": score(summary, "bc", "policy"),
         "online_env_steps": summary.get("env_steps", 0),
         "wall_clock_s": wall, "train_wall_clock_s": summary.get("wall_clock_s"),
@@ -384,8 +386,8 @@ def expected_seconds(results: Path, task: str, method: str, device: str = "cpu")
     of the finished cells on this task with the same policy class and phases (BC or not); without
     those, of this method's cells on any task; 0 if none at all. Only cells run on ``device`` count
     (a GPU cell's time says nothing about a CPU run's)."""
-    finished = [r for r in map(json.loads, (p.read_text() for p in results.glob("*.json")))
-                if r.get("machine", {}).get("device", "cpu") == device]
+    cells = (json.loads(p.read_text()) for p in results.glob("*.json"))
+    finished = [r for r in cells if r.get("machine", {}).get("device", "cpu") == device]
     kind = (METHODS[method].policy, METHODS[method].online)
     here = [r for r in finished if r["task"] == task]
     same = [r["wall_clock_s"] for r in here if r["method"] == method]

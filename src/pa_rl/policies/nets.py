@@ -43,10 +43,7 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """x + MLP(LayerNorm(x)) with a 4× inner expansion (the IDQL / PA-RL denoiser block).
-
-    SiLU where the reference uses Mish: Mish costs 9× SiLU on this CPU and was the denoiser's
-    costliest op; the swap made a suite cell 1.25× faster at equal scores (BENCHMARKS.md)."""
+    """x + MLP(LayerNorm(x)) with a 4× inner expansion (the IDQL / PA-RL denoiser block)."""
 
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
@@ -63,7 +60,10 @@ class ResidualBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """ε- or velocity-predictor f(x_t, t, obs) for diffusion and flow policies: a residual MLP."""
+    """ε- or velocity-predictor f(x_t, t, obs) for diffusion and flow policies: a residual MLP.
+
+    SiLU where the reference uses Mish: Mish cost 9× SiLU on this CPU and was the denoiser's
+    costliest op; the swap made a suite cell 1.25× faster at equal scores (BENCHMARKS.md)."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, num_blocks: int, time_dim: int, dropout: float):
         super().__init__()
