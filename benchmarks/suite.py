@@ -1,9 +1,10 @@
 """The PA-RL benchmark suite: one command runs one cell (task × method × seed) or a grid of them.
 
-Every method runs through the same library code, data, seeds and budgets (the ``cpu`` preset, with
-overridable budgets); a method is only a change of the run's config. Each finished cell writes one
-JSON file to the results folder; a cell whose JSON exists is skipped, so a killed suite resumes
-where it stopped (a cell cut mid-run continues from its last phase checkpoint).
+Every method runs through the same library code, data, seeds and budgets (the ``cpu`` preset with
+batches of ``SUITE_BATCH_SIZE``, every budget overridable); a method is only a change of the run's
+config. Each finished cell writes one JSON file to the results folder; a cell whose JSON exists is
+skipped, so a killed suite resumes where it stopped (a cell cut mid-run continues from its last
+phase checkpoint).
 
     python benchmarks/suite.py --tasks pointmaze-umaze --methods main --seeds 0 1 2
     python benchmarks/suite.py --tasks pointmaze-umaze --methods parl-diffusion --seeds 0 --bc-steps 1000
@@ -48,6 +49,10 @@ POLICY_CLASSES = ("diffusion", "token", "gaussian", "flow")
 # The suite's 1000 online env steps are fewer than the 2 warm-up episodes of these mazes (600 and 800
 # steps), so no online update could happen: they are run offline only, and their online score is n/a.
 OFFLINE_ONLY_TASKS = ("pointmaze-medium", "pointmaze-large")
+# Half the cpu preset's batch: the critic steps that dominate every cell cost in proportion to it, and
+# at 256 the suite would take ≈ 5 h here instead of ≈ 3.5 h. It costs PA-RL online quality
+# (BENCHMARKS.md, "v2, reading it"); one batch for every method keeps the comparison fair.
+SUITE_BATCH_SIZE = 128
 
 ScoreMode = Literal["pa_rl", "policy"]
 Configure = Callable[[RunConfig], RunConfig]
@@ -161,7 +166,8 @@ FULL_SUITE: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 
 @dataclass(frozen=True)
 class Budgets:
-    """Overrides of the preset's budgets (None = the ``cpu`` preset's value); the same for every method."""
+    """Overrides of the suite's budgets (None = the ``cpu`` preset's value, batches of ``SUITE_BATCH_SIZE``);
+    the same for every method."""
 
     bc_steps: int | None = None
     offline_steps: int | None = None
@@ -192,11 +198,11 @@ def expand(names: Sequence[str], known: Sequence[str], groups: dict[str, tuple[s
 
 def cell_config(task: str, method_name: str, seed: int, budgets: Budgets, runs_dir: Path,
                 data_dir: Path, device: str = "cpu") -> RunConfig:
-    """The preset, the budgets, then the method's changes (last, so BC's zero budgets win)."""
+    """The preset, the suite's batch, the budgets, then the method's changes (last, so BC's zero budgets win)."""
     method = METHODS[method_name]
-    config = budgets.apply(dataclasses.replace(cpu(), dataset=task, policy=method.policy, runs_dir=runs_dir,
-                                               data_dir=data_dir, name=cell_name(task, method_name, seed),
-                                               device=device))
+    config = dataclasses.replace(cpu(), dataset=task, policy=method.policy, runs_dir=runs_dir, data_dir=data_dir,
+                                 name=cell_name(task, method_name, seed), device=device)
+    config = budgets.apply(_train(config, batch_size=SUITE_BATCH_SIZE))
     config = _train(config, seed=seed, reward_bias=reward_bias(task), progress=False)
     if task in OFFLINE_ONLY_TASKS:
         config = _train(config, online_env_steps=0)
@@ -312,7 +318,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="print tasks, methods and groups, and exit")
     for field in dataclasses.fields(Budgets):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=None,
-                            help="override the cpu preset's value")
+                            help=f"override the suite's value (the cpu preset's; batch {SUITE_BATCH_SIZE})")
     return parser.parse_args(argv)
 
 

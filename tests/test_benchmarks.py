@@ -102,6 +102,15 @@ def test_methods_change_only_what_they_name() -> None:
                              ).train.reward_bias == 0.0
 
 
+def test_the_suite_runs_its_own_batch_and_a_flag_overrides_it() -> None:
+    def batch(budgets: suite.Budgets) -> int:
+        return suite.cell_config("pointmaze-umaze", "parl-diffusion", 0, budgets, Path("r"), Path("d")).train.batch_size
+
+    assert suite.cpu().train.batch_size == 256  # the preset users get
+    assert batch(suite.Budgets()) == suite.SUITE_BATCH_SIZE == 128
+    assert batch(suite.Budgets(batch_size=64)) == 64
+
+
 def test_stop_by_is_the_next_occurrence_of_that_time() -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     earlier, later = now - datetime.timedelta(minutes=2), now + datetime.timedelta(minutes=2)
