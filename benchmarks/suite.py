@@ -276,8 +276,8 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
         "score_mode": method.score_mode, "description": method.summary,
         "offline_score": offline,
         "online_score": score(summary, "online", method.score_mode) if has_online else None,
-        "online_score_note": None if has_online else "no online phase (BC only): n/a" if not method.online
-        else "no online phase on this task: n/a",
+        "online_score_note": None if has_online else ("no online phase (BC only): n/a" if not method.online
+                                                      else "no online phase on this task: n/a"),
         "bc_score": score(summary, "bc", "policy"),
         "online_env_steps": summary.get("env_steps", 0),
         "wall_clock_s": wall, "train_wall_clock_s": summary.get("wall_clock_s"),
