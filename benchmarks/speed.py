@@ -100,7 +100,7 @@ def random_batch(size: int, obs_dim: int, action_dim: int, device: torch.device)
                  rewards=-(torch.rand(size, device=device) < 0.9).float(),
                  next_obs=torch.randn(size, obs_dim, device=device),
                  terminals=(torch.rand(size, device=device) < 0.05).float(),
-                 mc_returns=-100 * torch.rand(size, device=device))
+                 mc_returns=-100 * torch.rand(size, device=device), discounts=torch.full((size,), 0.99, device=device))
 
 
 def machine(device: torch.device) -> dict[str, str | int]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pa_rl import Agent, AgentConfig, CriticConfig, Episode, OptimizerConfig, QEnsemble, ReplayBuffer
-from pa_rl.buffer import monte_carlo_returns
+from pa_rl.buffer import Batch, monte_carlo_returns, n_step_targets
 
 from helpers import UniformPolicy
 
@@ -65,6 +65,34 @@ def test_replay_buffer_ring_and_sampling() -> None:
     assert sorted(buffer.storage["obs"].flatten().tolist()) == [2.0, 10.0, 11.0, 12.0, 13.0]
     batch = buffer.sample(64, torch.Generator().manual_seed(0))
     assert batch.obs.shape == (64, 1) and torch.equal(batch.next_obs, batch.obs + 1)
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_n_step_backup_by_hand_with_the_episode_ending_inside_the_window(terminated: bool) -> None:
+    rewards = np.array([1, 2, 3, 4], np.float32)
+    obs = np.arange(5, dtype=np.float32)[:, None]
+    end = np.array([False, False, False, True])
+    episode = Episode(obs, np.zeros((4, 1), np.float32), rewards, end & terminated, end & (not terminated))
+    targets = n_step_targets(episode, gamma=0.5, n_step=3)
+    assert np.allclose(targets["rewards"], [1 + 1 + 0.75, 2 + 1.5 + 1, 3 + 2, 4])
+    assert np.allclose(targets["discounts"], [0.125, 0.125, 0.25, 0.5])  # γ^k for the k steps actually taken
+    assert targets["next_obs"][:, 0].tolist() == [3, 4, 4, 4]
+    # A termination inside the window: no bootstrap; a time-limit cut: bootstrap from the last state.
+    assert targets["terminals"].tolist() == [False, terminated, terminated, terminated]
+    buffer = ReplayBuffer.from_episodes([episode], gamma=0.5, n_step=3)
+    assert torch.allclose(buffer.storage["rewards"], torch.tensor([2.75, 4.5, 5.0, 4.0]))
+    assert torch.allclose(buffer.storage["discounts"], torch.tensor([0.125, 0.125, 0.25, 0.5]))
+
+
+def test_the_monte_carlo_floor_lifts_targets_below_the_data_return() -> None:
+    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, AgentConfig(objective="iql", mc_target_floor=True,
+                                                             critic=CriticConfig(ensemble_size=2, hidden_dims=(8,))))
+    zeros = torch.zeros(4)
+    batch = Batch(torch.zeros(4, 2), torch.zeros(4, 1), zeros - 1, torch.zeros(4, 2), zeros,
+                  torch.tensor([-50.0, 3.0, -50.0, 3.0]), zeros + 0.99)
+    with torch.no_grad():
+        target = agent._backup(batch, torch.full((4,), -10.0))
+    assert torch.allclose(target, torch.tensor([-10.9, 3.0, -10.9, 3.0]))
 
 
 def chain_episodes(count: int, rng: np.random.Generator) -> list[Episode]:

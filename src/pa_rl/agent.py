@@ -30,11 +30,18 @@ REQUIRED_METHODS: dict[str, tuple[str, ...]] = {"distill": (), "reparam": ("rsam
 
 @dataclass
 class AgentConfig:
-    """Defaults follow the PA-RL reference code (see shared/spec/algorithm.md)."""
+    """Defaults follow the PA-RL reference code (see shared/spec/algorithm.md): sized for a GPU (about
+    2 s an update on a 2-core CPU). ``pa_rl.presets.cpu().agent`` holds the laptop-sized settings."""
 
     objective: Annotated[Literal["calql", "cql", "iql"],
                          tyro.conf.arg(name="critic", prefix_name=False)] = "calql"  # critic objective
     gamma: float = 0.99
+    # Backups over n env steps (reward sum, γ^n bootstrap): values propagate n times faster per update.
+    n_step: int = 1
+    # TD targets no lower than the data's Monte-Carlo return-to-go, a lower bound on Q (MCAC, Wilcox et
+    # al. 2022): a young critic starts from the behaviour's returns instead of climbing one Bellman
+    # iteration per 1/τ updates. Exact for deterministic envs; optimistic where returns are noisy.
+    mc_target_floor: bool = False
     tau: float = 0.005  # Polyak rate of the target critic
     critic_lr: float = 3e-4
     bc_lr: float = 3e-4  # policy learning rate for behaviour cloning
@@ -62,7 +69,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         require(self, "critic_lr", "bc_lr", "distill_lr", "distill_temperature", above=0)
         require(self, "cql_alpha", "bc_warmup_steps", at_least=0)
-        require(self, "cql_actions", at_least=1)
+        require(self, "cql_actions", "n_step", at_least=1)
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
         if not 0 < self.tau <= 1:
@@ -147,7 +154,7 @@ class Agent(nn.Module):
         return actions[0] if single else actions
 
     # ---- learning -----------------------------------------------------------------------------
-    def _policy_step(self, loss_fn: Callable[[], torch.Tensor], lr: float) -> float:
+    def _policy_step(self, loss_fn: Callable[[], torch.Tensor], lr: float) -> torch.Tensor:
         """One Adam step of the policy on ``loss_fn()``; gradients reach the policy's parameters only
         (an actor loss through the critic leaves the critic's untouched)."""
         for group in self.policy_optim.param_groups:
@@ -159,17 +166,19 @@ class Agent(nn.Module):
         for param, grad in zip(params, grads):
             param.grad = grad
         self.policy_optim.step()
-        return loss.item()
+        return loss.detach()
 
-    def bc_update(self, batch: Batch) -> dict[str, float]:
+    def bc_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One behaviour-cloning step: the policy's own loss on data set actions."""
         cfg = self.config
         self.bc_steps_done += 1
         lr = cfg.bc_lr * min(1.0, self.bc_steps_done / max(cfg.bc_warmup_steps, 1))
         return {"bc/loss": self._policy_step(lambda: self.policy.loss(batch.obs, batch.actions), lr)}
 
-    def update(self, batch: Batch, distill: bool = False) -> dict[str, float]:
-        """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``."""
+    def update(self, batch: Batch, distill: bool = False) -> dict[str, torch.Tensor]:
+        """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``.
+
+        Metrics are 0-d tensors, read (one host sync each) only when someone logs them."""
         if self.config.objective == "iql":
             metrics, candidates = self._iql_critic_step(batch), None
         else:
@@ -185,7 +194,12 @@ class Agent(nn.Module):
         members = torch.randperm(q.shape[0], device=q.device)[: self.config.target_members]
         return q[members].min(0).values
 
-    def _cql_critic_step(self, batch: Batch) -> tuple[dict[str, float], Candidates]:
+    def _backup(self, batch: Batch, next_values: torch.Tensor) -> torch.Tensor:
+        """y = R + γ^k (1 − done) V(s'), floored at the Monte-Carlo return if ``mc_target_floor``."""
+        target = batch.rewards + batch.discounts * (1 - batch.terminals) * next_values
+        return torch.maximum(target, batch.mc_returns) if self.config.mc_target_floor else target
+
+    def _cql_critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Candidates]:
         cfg, size = self.config, len(batch)
         # π̂ on s and s' in one batched call: s' for the backup, both for the conservative term.
         cached = None
@@ -196,7 +210,7 @@ class Agent(nn.Module):
         next_actions = both.actions[size:]
         with torch.no_grad():
             best_next = next_actions[torch.arange(size, device=self.device), both.values[size:].argmax(-1)]
-            target = batch.rewards + cfg.gamma * (1 - batch.terminals) * self._target_values(batch.next_obs, best_next)
+            target = self._backup(batch, self._target_values(batch.next_obs, best_next))
         random_actions = self.action_low + (self.action_high - self.action_low) * torch.rand(
             size, cfg.cql_actions, self.action_dim, device=self.device)
         # Data action, random actions, π̂(s) and π̂(s') candidates: one critic pass at the states s.
@@ -213,18 +227,19 @@ class Agent(nn.Module):
         loss.backward()
         self.critic_optim.step()
         metrics = {
-            "critic/loss": loss.item(), "critic/td_loss": td_loss.item(), "critic/cql_gap": gap.mean().item(),
-            "critic/q_data": q_data.mean().item(), "critic/q_policy": current.values.mean().item(),
-            "critic/target": target.mean().item(),
-            "critic/local_gain": (both.values - both.initial_values).mean().item(),
+            "critic/loss": loss, "critic/td_loss": td_loss, "critic/cql_gap": gap.mean(),
+            "critic/q_data": q_data.mean(), "critic/q_policy": current.values.mean(), "critic/target": target.mean(),
+            # How far apart the critic holds π̂'s candidates, and how much the local steps gain on them.
+            "critic/q_spread": current.values.std(-1).mean() if current.values.shape[-1] > 1 else target.new_zeros(()),
+            "critic/local_gain": (both.values - both.initial_values).mean(),
         }
-        return metrics, current
+        return {name: value.detach() for name, value in metrics.items()}, current
 
-    def _iql_critic_step(self, batch: Batch) -> dict[str, float]:
+    def _iql_critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
             q_target = self.target_critic(batch.obs, batch.actions).min(0).values
-            target = batch.rewards + cfg.gamma * (1 - batch.terminals) * self.value(batch.next_obs)[0]
+            target = self._backup(batch, self.value(batch.next_obs)[0])
         v = self.value(batch.obs)[0]
         diff = q_target - v
         value_loss = (torch.abs(cfg.expectile - (diff < 0).float()) * diff ** 2).mean()
@@ -233,14 +248,14 @@ class Agent(nn.Module):
         self.critic_optim.zero_grad(set_to_none=True)
         (td_loss + value_loss).backward()
         self.critic_optim.step()
-        return {"critic/td_loss": td_loss.item(), "critic/value_loss": value_loss.item(),
-                "critic/q_data": self.critic.values(logits).mean().item(), "critic/v": v.mean().item()}
+        return {"critic/td_loss": td_loss.detach(), "critic/value_loss": value_loss.detach(),
+                "critic/q_data": self.critic.values(logits).mean().detach(), "critic/v": v.mean().detach()}
 
-    def distill(self, batch: Batch) -> dict[str, float]:
+    def distill(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One policy step alone (for PA-RL: distillation, action optimization included)."""
         return self._improve_policy(batch, None)
 
-    def _improve_policy(self, batch: Batch, candidates: Candidates | None) -> dict[str, float]:
+    def _improve_policy(self, batch: Batch, candidates: Candidates | None) -> dict[str, torch.Tensor]:
         mode = self.config.policy_improvement
         if mode == "reparam":
             return self._reparam_step(batch)
@@ -248,7 +263,7 @@ class Agent(nn.Module):
             return self._awr_step(batch)
         return self._distill_step(batch, candidates)
 
-    def _distill_step(self, batch: Batch, candidates: Candidates | None) -> dict[str, float]:
+    def _distill_step(self, batch: Batch, candidates: Candidates | None) -> dict[str, torch.Tensor]:
         """Fit the policy, with its own loss, to actions chosen from the optimized candidates."""
         cfg = self.config
         if candidates is None:
@@ -258,9 +273,12 @@ class Agent(nn.Module):
                 data_values = self.action_optimizer.value(self.critic, batch.obs, batch.actions)
             candidates = candidates.with_action(batch.actions, data_values)
         targets = candidates.choose(cfg.distill_choice, cfg.distill_temperature)
-        return {"distill/loss": self._policy_step(lambda: self.policy.loss(batch.obs, targets), cfg.distill_lr)}
+        loss = self._policy_step(lambda: self.policy.loss(batch.obs, targets), cfg.distill_lr)
+        # Drift: how far the targets lie from the data actions, and how often the data action is the target.
+        return {"distill/loss": loss, "distill/target_drift": (targets - batch.actions).norm(dim=-1).mean(),
+                "distill/target_is_data": (targets == batch.actions).all(-1).float().mean()}
 
-    def _reparam_step(self, batch: Batch) -> dict[str, float]:
+    def _reparam_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Cal-QL/SAC actor: minimise α log π(a|s) − Q(s, a), a = rsample(s), Q reduced over the
         ensemble as the action optimizer does (``optimizer.objective``: min is Cal-QL's, mean the
         PA-RL default); then α follows SAC's rule toward entropy −action_dim."""
@@ -278,9 +296,9 @@ class Agent(nn.Module):
         self.alpha_optim.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_optim.step()
-        return {"actor/loss": loss, "actor/alpha": alpha.item(), "actor/entropy": entropy.item()}
+        return {"actor/loss": loss, "actor/alpha": alpha, "actor/entropy": entropy}
 
-    def _awr_step(self, batch: Batch) -> dict[str, float]:
+    def _awr_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """IQL's policy extraction: −log π(a|s) on data actions, weighted by exp(β·(Q(s, a) − V(s)))
         clipped at ``awr_max_weight``; Q is the target ensemble's min, as in the IQL value loss."""
         cfg = self.config
@@ -289,4 +307,4 @@ class Agent(nn.Module):
             weights = torch.exp(cfg.awr_temperature * advantage).clamp(max=cfg.awr_max_weight)
         loss = self._policy_step(lambda: -(weights * self.policy.log_prob(batch.obs, batch.actions)).mean(),
                                  cfg.distill_lr)
-        return {"actor/loss": loss, "actor/advantage": advantage.mean().item(), "actor/weight": weights.mean().item()}
+        return {"actor/loss": loss, "actor/advantage": advantage.mean(), "actor/weight": weights.mean()}

@@ -19,6 +19,7 @@ class Batch:
     next_obs: torch.Tensor  # [B, obs_dim]
     terminals: torch.Tensor  # [B] float, 1 where no bootstrapping
     mc_returns: torch.Tensor  # [B]
+    discounts: torch.Tensor  # [B] γ^k, k the env steps the reward sum covers (k = n_step but at episode ends)
     # Draws of a frozen policy at obs and next_obs, [B, N, action_dim], when the buffer caches them.
     policy_samples: torch.Tensor | None = None
     next_policy_samples: torch.Tensor | None = None
@@ -52,31 +53,50 @@ def monte_carlo_returns(rewards: np.ndarray, gamma: float, terminated: bool, flo
     return returns.astype(np.float32)
 
 
+def n_step_targets(episode: Episode, gamma: float, n_step: int) -> dict[str, np.ndarray]:
+    """Per step t: the discounted reward sum over the next k = min(n, T − t) steps, the state s_{t+k}
+    to bootstrap from, γ^k, and whether s_{t+k} is terminal. A sum cut by the episode's end covers
+    only the steps taken: a terminated episode does not bootstrap, a time-limit cut bootstraps from
+    the last state reached with the discount of the steps actually taken."""
+    steps = len(episode)
+    t = np.arange(steps)
+    k = np.minimum(n_step, steps - t)
+    rewards = np.zeros(steps, dtype=np.float64)
+    for i in range(min(n_step, steps)):  # n is small: one shifted add per term of the sum
+        rewards[: steps - i] += gamma ** i * episode.rewards[i:]
+    end = t + k
+    terminal = (end == steps) & bool(episode.terminations[-1])
+    return {"rewards": rewards, "next_obs": episode.observations[end], "terminals": terminal,
+            "discounts": gamma ** k}
+
+
 class ReplayBuffer:
     """A ring buffer of transitions, allocated once at full capacity on one device.
 
-    Episodes are added whole, so the Monte-Carlo bound of each transition is known when it enters.
-    Memory is ``capacity × bytes_per_transition(obs_dim, action_dim)`` from the start and never
-    grows: a 1M-transition buffer for Meta-World (39-d observations, 4-d actions) takes 340 MB.
+    Episodes are added whole, so the Monte-Carlo bound and the n-step backup of each transition
+    are known when it enters. Memory is ``capacity × bytes_per_transition(obs_dim, action_dim)``
+    from the start and never grows: a 1M-transition buffer for Meta-World (39-d observations, 4-d
+    actions) takes 344 MB.
     """
 
-    COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminals", "mc_returns")
+    COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminals", "mc_returns", "discounts")
 
     @staticmethod
     def bytes_per_transition(obs_dim: int, action_dim: int) -> int:
-        """float32 obs, action, reward, next obs, terminal flag and Monte-Carlo return."""
-        return 4 * (2 * obs_dim + action_dim + 3)
+        """float32 obs, action, reward sum, next obs, terminal flag, Monte-Carlo return and discount."""
+        return 4 * (2 * obs_dim + action_dim + 4)
 
     @property
     def nbytes(self) -> int:
         return sum(t.element_size() * t.nelement() for t in self.storage.values())
 
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu") -> None:
-        if capacity < 1:
-            raise ValueError(f"buffer capacity must be ≥ 1, got {capacity}")
-        self.capacity, self.device = capacity, torch.device(device)
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu",
+                 n_step: int = 1) -> None:
+        if capacity < 1 or n_step < 1:
+            raise ValueError(f"buffer capacity and n_step must be ≥ 1, got {capacity}, {n_step}")
+        self.capacity, self.device, self.n_step = capacity, torch.device(device), n_step
         shapes = {"obs": (obs_dim,), "actions": (action_dim,), "rewards": (), "next_obs": (obs_dim,),
-                  "terminals": (), "mc_returns": ()}
+                  "terminals": (), "mc_returns": (), "discounts": ()}
         self.storage = {name: torch.zeros(capacity, *shape, device=self.device) for name, shape in shapes.items()}
         self.size = 0
         self.position = 0
@@ -93,8 +113,8 @@ class ReplayBuffer:
         if steps == 0:
             return
         mc = monte_carlo_returns(episode.rewards, gamma, bool(episode.terminations[-1]), floor_reward)
-        columns = {"obs": episode.observations[:-1], "actions": episode.actions, "rewards": episode.rewards,
-                   "next_obs": episode.observations[1:], "terminals": episode.terminations, "mc_returns": mc}
+        columns = {"obs": episode.observations[:-1], "actions": episode.actions, "mc_returns": mc,
+                   **n_step_targets(episode, gamma, self.n_step)}
         if steps > self.capacity:  # only the newest transitions would survive anyway
             columns = {name: value[-self.capacity:] for name, value in columns.items()}
             steps = self.capacity
@@ -131,15 +151,16 @@ class ReplayBuffer:
 
         Valid only while the policy is frozen (the offline phase without distillation, as in the
         reference code): it replaces the dominant cost of an update, sampling B×N actions twice.
-        Inside an episode ``next_obs[i]`` is ``obs[i + 1]``; such states share their samples, so
+        Inside an episode ``next_obs[i]`` is ``obs[i + n]``; such states share their samples, so
         only episode ends are drawn twice and the cache costs about one draw per transition.
         Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
         """
         from tqdm.auto import tqdm
 
         obs, next_obs = self.storage["obs"][: self.size], self.storage["next_obs"][: self.size]
+        n = self.n_step
         shared = torch.zeros(self.size, dtype=torch.bool, device=self.device)
-        shared[:-1] = (next_obs[:-1] == obs[1:]).all(dim=1)
+        shared[:-n] = (next_obs[:-n] == obs[n:]).all(dim=1)
         ends = next_obs[~shared]
         with tqdm(total=self.size + len(ends), desc="caching policy samples", disable=not progress,
                   leave=False) as bar:
@@ -151,7 +172,7 @@ class ReplayBuffer:
                 return torch.cat(parts)
 
             samples = draw(obs)
-            next_samples = samples.roll(-1, dims=0)  # row i gets row i + 1's samples; ends are redrawn
+            next_samples = samples.roll(-n, dims=0)  # row i gets row i + n's samples; ends are redrawn
             next_samples[~shared] = draw(ends)
         self.policy_samples = {"policy_samples": samples, "next_policy_samples": next_samples}
 
@@ -160,13 +181,14 @@ class ReplayBuffer:
 
     @classmethod
     def from_episodes(cls, episodes: Sequence[Episode], gamma: float, capacity: int | None = None,
-                      device: str | torch.device = "cpu", floor_reward: float | None = None) -> ReplayBuffer:
+                      device: str | torch.device = "cpu", floor_reward: float | None = None,
+                      n_step: int = 1) -> ReplayBuffer:
         """A buffer holding ``episodes`` (capacity defaults to their total length)."""
         if not episodes or sum(len(e) for e in episodes) == 0:
             raise ValueError("no transitions: the episode list is empty")
         obs_dim, action_dim = episodes[0].observations.shape[1], episodes[0].actions.shape[1]
         total = sum(len(e) for e in episodes)
-        buffer = cls(capacity or total, obs_dim, action_dim, device)
+        buffer = cls(capacity or total, obs_dim, action_dim, device, n_step)
         floor = min(float(e.rewards.min()) for e in episodes if len(e)) if floor_reward is None else floor_reward
         for episode in episodes:
             buffer.add_episode(episode, gamma, floor)

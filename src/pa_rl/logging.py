@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
+
+import torch
 
 from pa_rl.checkpoint import write_atomically
 
@@ -43,10 +46,12 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=None if step is None else step + 1)
 
-    def log(self, phase: str, step: int, env_steps: int, metrics: dict[str, float]) -> None:
+    def log(self, phase: str, step: int, env_steps: int, metrics: Mapping[str, float | torch.Tensor]) -> None:
+        """Numbers or 0-d tensors (read here, so updates between logs never wait for the device)."""
         if self._writer is None:
             return
         for name, value in metrics.items():
+            value = float(value)
             self._writer.writerow([phase, step, env_steps, name, f"{value:.6g}"])
             self._tb.add_scalar(name, value, step)
             self.rows += 1
