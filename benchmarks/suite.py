@@ -173,10 +173,11 @@ class Budgets:
     offline_steps: int | None = None
     online_env_steps: int | None = None
     eval_every: int | None = None
+    online_eval_every: int | None = None
     eval_episodes: int | None = None
     batch_size: int | None = None
     max_episode_steps: int | None = None
-    warmup_episodes: int | None = None
+    warmup_env_steps: int | None = None
 
     def apply(self, config: RunConfig) -> RunConfig:
         return _train(config, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})

@@ -36,7 +36,7 @@ from pa_rl.train import seed_everything  # noqa: E402
 training = importlib.import_module("pa_rl.train")  # the module (the package's `train` is the function)
 
 LOW, HIGH = -np.ones(2, np.float32), np.ones(2, np.float32)
-CONFIG = TrainConfig(batch_size=32, bc_steps=30, offline_steps=30, online_env_steps=120, warmup_episodes=1,
+CONFIG = TrainConfig(batch_size=32, bc_steps=30, offline_steps=30, online_env_steps=120, warmup_env_steps=20,
                      eval_every=20, eval_episodes=2, checkpoint_every=8, keep_checkpoints=2, log_every=1,
                      progress=False, seed=5)
 

@@ -54,7 +54,7 @@ def gaussian_agent(policy_improvement: str, objective: str = "calql", log_std: f
 
 def batch_of(obs: torch.Tensor, actions: torch.Tensor) -> Batch:
     zeros = torch.zeros(len(obs))
-    return Batch(obs, actions, zeros, obs, zeros, zeros)
+    return Batch(obs, actions, zeros, obs, zeros, zeros, zeros)
 
 
 def mean_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
@@ -145,10 +145,31 @@ def test_baselines_run_through_every_phase(improvement: str, objective: str) -> 
     agent = Agent(policy, 2, LOW, HIGH, AgentConfig(
         objective=objective, policy_improvement=improvement, critic=CriticConfig(ensemble_size=2, hidden_dims=(32, 32)),
         optimizer=OptimizerConfig(num_samples=4, top_k=4, local_steps=0)))
-    config = TrainConfig(batch_size=16, bc_steps=5, offline_steps=6, online_env_steps=40, warmup_episodes=0,
+    config = TrainConfig(batch_size=16, bc_steps=5, offline_steps=6, online_env_steps=40, warmup_env_steps=0,
                          offline_distill_every=1, online_distill_utd=2.0, collect_mode="policy", eval_every=10_000,
                          eval_episodes=1, progress=False)
     before = [p.detach().clone() for p in agent.policy.parameters()]
     result = train(agent, collect_episodes(5, seed=0), lambda: gym.make("pa_rl/PointGoal-v0"), config)
     assert np.isfinite(result.summary["online"]["eval/policy_return"])
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+
+
+@pytest.mark.parametrize("improvement, objective, trains", [("reparam", "calql", True), ("awr", "iql", True),
+                                                            ("distill", "calql", False)])
+def test_the_offline_phase_trains_a_baselines_actor_by_itself(improvement: str, objective: str, trains: bool) -> None:
+    """With no offline_distill_every given, a baseline's actor learns offline (as Cal-QL's and IQL's do)
+    and acts online with its own samples; PA-RL's base policy stays frozen offline (reference code)."""
+    from pa_rl.train import Trainer
+
+    policy = make_policy("gaussian", 2, LOW, HIGH, SMALL_POLICY_CONFIGS["gaussian"])
+    agent = Agent(policy, 2, LOW, HIGH, AgentConfig(
+        objective=objective, policy_improvement=improvement, critic=CriticConfig(ensemble_size=2, hidden_dims=(32, 32)),
+        optimizer=OptimizerConfig(num_samples=4, top_k=4, local_steps=0)))
+    config = TrainConfig(batch_size=16, bc_steps=0, offline_steps=5, online_env_steps=0, eval_episodes=1,
+                         diagnostic_pairs=0, progress=False)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    trainer = Trainer(agent, collect_episodes(5, seed=0), lambda: gym.make("pa_rl/PointGoal-v0"), config)
+    trainer.run()
+    changed = any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+    assert changed == trains
+    assert trainer.collect_mode == ("policy" if trains else "argmax")

@@ -19,7 +19,8 @@ import report  # noqa: E402
 import suite  # noqa: E402
 
 TINY = ["--bc-steps", "20", "--offline-steps", "10", "--online-env-steps", "60", "--eval-every", "30",
-        "--eval-episodes", "2", "--batch-size", "32", "--max-episode-steps", "30", "--warmup-episodes", "0",
+        "--online-eval-every", "30",
+        "--eval-episodes", "2", "--batch-size", "32", "--max-episode-steps", "30", "--warmup-env-steps", "0",
         "--threads", "1"]  # one thread: two stall each other when the machine is busy
 
 

@@ -13,7 +13,7 @@ import pytest
 from pa_rl.cli import main
 
 TINY = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "100",
-        "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-episodes", "0",
+        "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-env-steps", "0",
         "--train.batch-size", "32", "--train.max-episode-steps", "60", "--train.no-progress",
         "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
 

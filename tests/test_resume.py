@@ -69,7 +69,7 @@ def test_cli_resume_after_an_external_sigkill(tmp_path: Path, monkeypatch: pytes
     assert main(["data", "make", "pointmaze-umaze", "--size", "2000", "--out", "datasets"]) == 0
     args = ["--data-dir", "datasets", "--train.bc-steps", "300", "--train.offline-steps", "40",
             "--train.online-env-steps", "60", "--train.eval-episodes", "2", "--train.eval-every", "1000",
-            "--train.warmup-episodes", "0", "--train.batch-size", "32", "--train.max-episode-steps", "30",
+            "--train.warmup-env-steps", "0", "--train.batch-size", "32", "--train.max-episode-steps", "30",
             "--train.checkpoint-every", "20", "--train.log-every", "5", "--train.no-progress",
             "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
     cli = [sys.executable, "-m", "pa_rl.cli", "train"]

@@ -39,7 +39,7 @@ def test_pa_rl_fine_tuning_beats_behaviour_cloning(tmp_path) -> None:
 
 def test_training_is_deterministic_under_a_seed() -> None:
     episodes = collect_episodes(20, seed=1)
-    config = TrainConfig(batch_size=32, bc_steps=20, offline_steps=20, online_env_steps=60, warmup_episodes=0,
+    config = TrainConfig(batch_size=32, bc_steps=20, offline_steps=20, online_env_steps=60, warmup_env_steps=0,
                          eval_every=10_000, eval_episodes=2, progress=False, seed=3)
     runs = [train(small_agent("flow"), episodes, lambda: gym.make("pa_rl/PointGoal-v0"), config).evaluations
             for _ in range(2)]
@@ -48,7 +48,7 @@ def test_training_is_deterministic_under_a_seed() -> None:
 
 def test_every_objective_and_policy_class_runs_through_all_phases() -> None:
     episodes = collect_episodes(10, seed=2)
-    config = TrainConfig(batch_size=16, bc_steps=5, offline_steps=5, online_env_steps=50, warmup_episodes=0,
+    config = TrainConfig(batch_size=16, bc_steps=5, offline_steps=5, online_env_steps=50, warmup_env_steps=0,
                          offline_distill_every=2, online_distill_utd=2.0, eval_every=10_000, eval_episodes=1,
                          progress=False)
     for policy_name, objective in [("gaussian", "iql"), ("token", "cql"), ("diffusion", "iql")]:

@@ -15,15 +15,15 @@ from pa_rl.train import TrainConfig
 def paper() -> RunConfig:
     """The reference code's settings and budgets (state-based tasks); sized for a GPU, not this CPU."""
     return RunConfig(train=TrainConfig(bc_steps=1_000_000, offline_steps=1_000_000, online_env_steps=1_000_000,
-                                       eval_every=50_000, eval_episodes=50))
+                                       eval_every=50_000, online_eval_every=50_000))
 
 
 def cpu() -> RunConfig:
     """A 2-core-CPU budget: 8 samples, top 4, one local step, two critics, a slimmer denoiser, short
-    phases (3k BC updates, 1k offline updates, 1k online env steps, evaluations every 500). Batches
-    stay at 256: at 128 online fine-tuning lost a good umaze policy in one of three seeds (and in
-    ablation runs), at 256 in none of three (BENCHMARKS.md); the benchmark suite runs 128 to fit its
-    time budget."""
+    phases (3k BC updates, 1k offline updates, 1k online env steps, evaluations of 50 episodes every
+    500 updates or env steps). Batches stay at 256: at 128 online fine-tuning lost a good umaze
+    policy in one of three seeds (and in ablation runs), at 256 in none of three (BENCHMARKS.md);
+    the benchmark suite runs 128 to fit its time budget."""
     return RunConfig(
         agent=AgentConfig(cql_alpha=0.1, distill_lr=1e-4, bc_warmup_steps=500,
                           critic=CriticConfig(ensemble_size=2),
@@ -32,7 +32,7 @@ def cpu() -> RunConfig:
         flow=FlowConfig(hidden_dim=128, num_blocks=2, dropout=0.0, time_dim=32, steps=5),
         token=TokenConfig(width=64, layers=2, heads=4, dropout=0.0),
         train=TrainConfig(bc_steps=3_000, offline_steps=1_000, online_env_steps=1_000, eval_every=500,
-                          eval_episodes=20),
+                          online_eval_every=500),
     )
 
 

@@ -21,6 +21,7 @@ from pa_rl.agent import ActMode, Agent
 from pa_rl.buffer import Batch, ReplayBuffer
 from pa_rl.checkpoint import CheckpointError, CheckpointStore
 from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
+from pa_rl.diagnostics import CriticDiagnostic, split_held_out
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
 from pa_rl.validation import require
@@ -37,22 +38,35 @@ PHASES = ("bc", "offline", "online", "done")
 
 @dataclass
 class TrainConfig:
+    """Budgets sized for a GPU by default; ``pa_rl.presets.cpu().train`` holds the 2-core-CPU ones."""
+
     seed: int = 0
     batch_size: int = 256
     bc_steps: int = 20_000  # behaviour-cloning updates of the policy
     offline_steps: int = 20_000  # offline critic updates
     online_env_steps: int = 20_000  # environment steps of online fine-tuning
-    offline_distill_every: int = 0  # distil every K offline updates; 0 = off (reference code)
+    # A policy step every K offline updates. 0 = the method's own rule: none for PA-RL (the reference
+    # code keeps the base policy frozen offline), every update for the reparam/awr baselines (as
+    # Cal-QL's and IQL's actors train).
+    offline_distill_every: int = 0
     cache_policy_samples: bool = True  # while the policy is frozen offline, draw its samples once
     online_critic_utd: float = 1.0  # critic updates per new env step
     online_distill_utd: float = 1.0  # distillation updates per new env step
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
-    warmup_episodes: int = 2  # online episodes collected before the first online update
+    # Online env steps collected before the first online update (updates follow whole episodes, so
+    # they start after the episode that crosses this count). Counted in steps, not episodes, so a
+    # long-horizon task's warm-up does not swallow a short online budget.
+    warmup_env_steps: int = 0
     online_buffer_size: int = 1_000_000  # transitions; preallocated (see ReplayBuffer.bytes_per_transition)
-    collect_mode: ActMode = "argmax"
-    eval_every: int = 5_000  # offline updates / online env steps between evaluations
-    eval_episodes: int = 20
-    eval_parallel: int = 20  # episodes stepped in lockstep (one batched act per step)
+    # How online episodes are acted (and the diagnostic's rollouts continued): None = π̂'s argmax for
+    # PA-RL, the actor's own sample ("policy") for the reparam/awr baselines.
+    collect_mode: ActMode | None = None
+    eval_every: int = 5_000  # offline updates between evaluations
+    online_eval_every: int = 5_000  # online env steps between evaluations
+    eval_episodes: int = 50  # fewer make differences of 10–20 points noise (one policy read 0, 20 and 10 % at 20)
+    eval_parallel: int = 50  # episodes stepped in lockstep (one batched act per step)
+    held_out_fraction: float = 0.05  # episodes kept out of training for the critic's calibration check
+    diagnostic_pairs: int = 8  # rollout pairs per evaluation that test the critic's ranking (0 = off)
     max_episode_steps: int = 1_000  # cap for envs without a time limit of their own
     reward_scale: float = 1.0  # r' = reward_scale · r + reward_bias, for data and env alike
     reward_bias: float = 0.0
@@ -63,9 +77,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self, "batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
-                "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
-        require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_episodes",
+                "online_eval_every", "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
+        require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_env_steps",
+                "diagnostic_pairs",
                 "online_critic_utd", "online_distill_utd", at_least=0)
+        if not 0 <= self.held_out_fraction < 1:
+            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if not 0 <= self.mixing_ratio <= 1:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {self.mixing_ratio}")
         if not (np.isfinite(self.reward_scale) and np.isfinite(self.reward_bias)):
@@ -173,9 +190,14 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         episodes = transform_rewards(episodes, config.reward_scale, config.reward_bias)
         gamma = agent.config.gamma
-        self.offline = ReplayBuffer.from_episodes(episodes, gamma, device=agent.device)
         self.floor_reward = min(float(e.rewards.min()) for e in episodes if len(e))
-        self.online = ReplayBuffer(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device)
+        episodes, held_out = split_held_out(episodes, config.held_out_fraction, config.seed)
+        self.offline = ReplayBuffer.from_episodes(episodes, gamma, device=agent.device, floor_reward=self.floor_reward,
+                                                  n_step=agent.config.n_step)
+        self.diagnostic = CriticDiagnostic(held_out, gamma, self.floor_reward, seed=config.seed)
+        self._diagnostic_envs: list[gym.Env] = []
+        self.online = ReplayBuffer(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device,
+                                   agent.config.n_step)
         self.progress = Progress()
         self.summary: dict[str, Any] = {}
         self.offline_rng: torch.Tensor | None = None  # global RNG when the offline sample cache was drawn
@@ -252,6 +274,20 @@ class Trainer:
                                    + time.perf_counter() - self._session_start)
 
     # ---- helpers --------------------------------------------------------------------------------
+    @property
+    def pa_rl(self) -> bool:
+        """PA-RL's distillation (not one of the class-specific baselines)."""
+        return self.agent.config.policy_improvement == "distill"
+
+    @property
+    def offline_policy_every(self) -> int:
+        """Offline updates per policy step (0 = the policy stays frozen offline)."""
+        return self.config.offline_distill_every or (0 if self.pa_rl else 1)
+
+    @property
+    def collect_mode(self) -> ActMode:
+        return self.config.collect_mode or ("argmax" if self.pa_rl else "policy")
+
     def _batch(self) -> Batch:
         size = self.config.batch_size
         if len(self.online) == 0:
@@ -266,7 +302,8 @@ class Trainer:
 
     def evaluate(self, phase: str, modes: Sequence[tuple[str, ActMode]] = (("pa_rl", "argmax"), ("policy", "policy"))
                  ) -> dict[str, float]:
-        """Success and return of the PA-RL policy π̂ (argmax) and of the raw base policy."""
+        """Success and return of the PA-RL policy π̂ (argmax) and of the raw base policy; once a
+        critic is being trained, the critic diagnostic too (:mod:`pa_rl.diagnostics`)."""
         cfg = self.config
         seeds = [10_000 + cfg.seed * 1_000 + i for i in range(cfg.eval_episodes)]
         metrics: dict[str, float] = {}
@@ -274,10 +311,24 @@ class Trainer:
             result = evaluate(self._eval_envs, lambda obs, mode=mode: self.agent.act(obs, mode).cpu().numpy(), seeds,
                               cfg.max_episode_steps)
             metrics.update({f"eval/{label}_{key}": value for key, value in result.items()})
+        if phase != "bc":
+            metrics.update(self.diagnose())
         self.logger.log_evaluation(phase, self.progress.updates, self.progress.env_steps, metrics)
         return metrics
 
-    def _step_done(self, phase: str, metrics: dict[str, float], bar: tqdm | None) -> None:
+    def diagnose(self) -> dict[str, float]:
+        """The critic's calibration on held-out episodes and its ranking by rollout."""
+        cfg = self.config
+        metrics = self.diagnostic.calibration(self.agent)
+        if cfg.diagnostic_pairs:
+            if not self._diagnostic_envs:
+                self._diagnostic_envs = [self.make_env() for _ in range(2 * cfg.diagnostic_pairs)]
+            seeds = [20_000 + cfg.seed * 1_000 + i for i in range(cfg.diagnostic_pairs)]
+            metrics.update(self.diagnostic.ranking(self.agent, self._diagnostic_envs, seeds, cfg.max_episode_steps,
+                                                   lambda r: cfg.reward_scale * r + cfg.reward_bias, self.collect_mode))
+        return metrics
+
+    def _step_done(self, phase: str, metrics: dict[str, torch.Tensor], bar: tqdm | None) -> None:
         """Count one update of an update-driven phase; evaluate and checkpoint when they are due."""
         self._after_update(phase, metrics, bar)
         progress, cfg = self.progress, self.config
@@ -297,7 +348,8 @@ class Trainer:
 
     def offline_rl(self) -> None:
         cfg = self.config
-        if cfg.cache_policy_samples and cfg.offline_distill_every == 0 and len(self.online) == 0:
+        every = self.offline_policy_every
+        if cfg.cache_policy_samples and every == 0 and len(self.online) == 0:
             # Draw the cache from the RNG state of the phase's start, so a resumed run gets the same one.
             now = torch.get_rng_state()
             if self.offline_rng is None:
@@ -309,7 +361,6 @@ class Trainer:
         try:
             with self._bar(cfg.offline_steps, "offline") as bar:
                 while self.progress.step < cfg.offline_steps:
-                    every = cfg.offline_distill_every
                     distill = every > 0 and (self.progress.step + 1) % every == 0
                     self._step_done("offline", self.agent.update(self._batch(), distill=distill), bar)
         finally:
@@ -327,7 +378,7 @@ class Trainer:
                     before = self.progress.step
                     episode = self._collect_episode(env, bar)
                     self._store_episode(episode)
-                    if self.progress.episodes > cfg.warmup_episodes:
+                    if self.progress.step >= cfg.warmup_env_steps:
                         self._online_updates(len(episode))
                     if before // cfg.checkpoint_every < self.progress.step // cfg.checkpoint_every:
                         self.save_checkpoint()
@@ -338,7 +389,7 @@ class Trainer:
         self.online.add_episode(episode, self.agent.config.gamma, self.floor_reward)
         self.progress.episodes += 1
         self.logger.log("online", self.progress.updates, self.progress.env_steps,
-                        {"online/episode_return": float(episode.rewards.sum())})
+                        {"online/episode_return": float(episode.rewards.sum()), "online/buffer_size": len(self.online)})
 
     def _collect_episode(self, env: gym.Env, bar: tqdm) -> Episode:
         """One episode of at most ``max_episode_steps``, cut at the phase's budget; evaluates when due.
@@ -355,7 +406,7 @@ class Trainer:
             raise self._fault(None, f"env.reset raised {type(error).__name__}: {error}") from error
         recorder = EpisodeRecorder(np.asarray(obs, dtype=np.float32))
         while True:
-            action = self.agent.act(recorder.observations[-1], cfg.collect_mode).cpu().numpy()
+            action = self.agent.act(recorder.observations[-1], self.collect_mode).cpu().numpy()
             try:
                 obs, reward, terminated, truncated, _ = env.step(action)
             except Exception as error:
@@ -368,7 +419,7 @@ class Trainer:
             truncated = truncated or len(recorder) + 1 >= cfg.max_episode_steps or progress.step == cfg.online_env_steps
             recorder.add(action, cfg.reward_scale * float(reward) + cfg.reward_bias, obs, terminated, truncated)
             bar.update(1)
-            if progress.step % cfg.eval_every == 0 and progress.step < cfg.online_env_steps:
+            if progress.step % cfg.online_eval_every == 0 and progress.step < cfg.online_env_steps:
                 bar.set_postfix(self.evaluate("online"))
             if terminated or truncated:
                 return recorder.episode()
@@ -398,12 +449,12 @@ class Trainer:
                 metrics = self.agent.distill(batch)
             self._after_update("online", metrics, None)
 
-    def _after_update(self, phase: str, metrics: dict[str, float], bar: tqdm | None) -> None:
+    def _after_update(self, phase: str, metrics: dict[str, torch.Tensor], bar: tqdm | None) -> None:
         self.progress.updates += 1
         if self.progress.updates % self.config.log_every == 0:
             self.logger.log(phase, self.progress.updates, self.progress.env_steps, metrics)
             if bar is not None:
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
+                bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in metrics.items()}, refresh=False)
         if bar is not None:
             bar.update(1)
 
@@ -433,7 +484,7 @@ class Trainer:
                 (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
         finally:
             self.logger.close()
-            for env in self._eval_envs:
+            for env in self._eval_envs + self._diagnostic_envs:
                 env.close()
         return TrainResult(self.summary, self.logger.evaluations)
 
