@@ -4,7 +4,9 @@
     python benchmarks/report.py --results DIR --out report.md --png curves.png
 
 Scores are success rates of each method's own score mode (``pa_rl`` = π̂, ``policy`` = the raw
-policy), mean ± std over seeds (population std; "±0" with one seed means one seed, see n).
+policy), mean ± std over seeds (population std; "±0" with one seed means one seed, see n), then in
+brackets the 95 % Wilson interval of the success rate over all evaluation episodes of all seeds.
+Stability: per online run, its best offline evaluation against where its online phase ended.
 Sample efficiency: the online env steps at which a method's mean-over-seeds success first reaches
 the best baseline's final score (a BC baseline's final score is its offline score: it has no online
 phase); env step 0 is the end of the offline phase.
@@ -35,11 +37,28 @@ def load_results(folder: Path) -> list[Result]:
     return results
 
 
-def mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float], episodes: int = 0) -> str:
+    """Mean ± std over seeds, and with ``episodes`` (per seed) the Wilson interval over all episodes."""
     if not values:
         return "n/a"
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.0f} ± {100 * std:.0f} %"
+    text = f"{100 * statistics.fmean(values):.0f} ± {100 * std:.0f} %"
+    if episodes:
+        low, high = wilson(statistics.fmean(values), episodes * len(values))
+        text += f" [{100 * low:.0f}–{100 * high:.0f}]"
+    return text
+
+
+def wilson(rate: float, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate observed over ``trials`` episodes."""
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * (rate * (1 - rate) / trials + z * z / (4 * trials * trials)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def episodes(runs: list[Result]) -> int:
+    """Evaluation episodes per seed of a cell (its runs share a config)."""
+    return int(runs[0]["config"]["train"]["eval_episodes"])
 
 
 def order(names: set[str] | list[str]) -> list[str]:
@@ -112,13 +131,37 @@ def scores_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], m
                 continue
             online = [r["online_score"] for r in runs if r["online_score"] is not None]
             rows.append(f"| {task} | {method} | {runs[0]['score_mode']} "
-                        f"| {mean_std([r['offline_score'] for r in runs])} "
-                        f"| {mean_std(online) if online else 'n/a (no online phase)'} "
+                        f"| {mean_std([r['offline_score'] for r in runs], episodes(runs))} "
+                        f"| {mean_std(online, episodes(runs)) if online else 'n/a (no online phase)'} "
                         f"| {f'{statistics.fmean(online_updates(r) for r in runs):.0f}' if online else '–'} "
                         f"| {len(runs)} ({', '.join(str(r['seed']) for r in sorted(runs, key=lambda r: r['seed']))}) "
                         f"| {per_device(runs, 'wall_clock_s')} "
                         f"| {per_device(runs, 'updates_per_s', digits=1, spread=False)} |")
     return "\n".join(rows)
+
+
+def stability_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str],
+                    tolerance: float = 0.15) -> str:
+    """Does online fine-tuning keep what the offline phase reached? Per run: the best offline
+    evaluation of its score mode, the end of its online phase, and the drop between them."""
+    rows = ["| task | method | seed | best offline | end of online | drop (points) |", "|---|---|---:|---:|---:|---:|"]
+    drops = []
+    for task in tasks:
+        for method in methods:
+            for r in sorted(cells.get((task, method), []), key=lambda r: r["seed"]):
+                key = f"eval/{r['score_mode']}_success"
+                offline = [e[key] for e in r["evaluations"] if e["phase"] == "offline" and key in e]
+                if r["online_score"] is None or not offline:
+                    continue
+                drop = max(offline) - r["online_score"]
+                drops.append(drop)
+                rows.append(f"| {task} | {method} | {r['seed']} | {100 * max(offline):.0f} % "
+                            f"| {100 * r['online_score']:.0f} % | {100 * drop:.0f} |")
+    if not drops:
+        return "(no run with both phases in these results)"
+    worse = sum(d > tolerance + 1e-9 for d in drops)
+    return "\n".join(rows) + (f"\n\n{worse} of {len(drops)} runs end online more than {100 * tolerance:.0f} points "
+                              "below their best offline score.")
 
 
 def modes_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
@@ -238,6 +281,8 @@ def report(results: list[Result]) -> str:
              modes_table(cells, tasks, main_methods), "",
              "### Sample efficiency (online env steps to reach the best baseline's final score)", "",
              efficiency_table(cells, tasks, main_methods), "",
+             "### Stability (best offline evaluation vs the end of the online phase, per run)", "",
+             stability_table(cells, tasks, main_methods), "",
              "### Ablations (PA-RL, diffusion policy)", "", ablation_table(cells, tasks)]
     return "\n".join(parts) + "\n"
 

@@ -59,6 +59,9 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     text = out.read_text()
     assert "| pointmaze-umaze | bestofn-diffusion | pa_rl |" in text  # the score table
     assert "| pointmaze-umaze | bestofn-diffusion: " in text  # the sample-efficiency table (its own target)
+    # The stability row: best offline evaluation, end of online, drop; and a Wilson interval beside each mean.
+    assert "| pointmaze-umaze | bestofn-diffusion | 0 |" in text and "more than 15 points below" in text
+    assert report.wilson(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
     assert png.stat().st_size > 1000
 
 
