@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import pa_rl
 from pa_rl import Agent, AgentConfig, CriticConfig, OptimizerConfig, TrainConfig, make_policy, train
@@ -56,3 +57,17 @@ def test_every_objective_and_policy_class_runs_through_all_phases() -> None:
         assert np.isfinite(result.summary["online"]["eval/pa_rl_return"])
         assert result.summary["env_steps"] == 50
     assert pa_rl.__version__
+
+
+def test_online_distillation_waits_for_its_start() -> None:
+    """With online_distill_start past the budget, online updates train the critic only."""
+    episodes = collect_episodes(10, seed=2)
+    for start, policy_moves in ((0, True), (10_000, False)):
+        torch.manual_seed(0)
+        agent = small_agent("flow")
+        policy, critic = ([p.detach().clone() for p in m.parameters()] for m in (agent.policy, agent.critic))
+        config = TrainConfig(batch_size=16, bc_steps=0, offline_steps=0, online_env_steps=40, online_distill_start=start,
+                             eval_episodes=1, diagnostic_pairs=0, progress=False)
+        train(agent, episodes, lambda: gym.make("pa_rl/PointGoal-v0"), config)
+        assert any(not torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+        assert any(not torch.equal(a, b) for a, b in zip(policy, agent.policy.parameters())) == policy_moves

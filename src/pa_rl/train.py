@@ -52,6 +52,7 @@ class TrainConfig:
     cache_policy_samples: bool = True  # while the policy is frozen offline, draw its samples once
     online_critic_utd: float = 1.0  # critic updates per new env step
     online_distill_utd: float = 1.0  # distillation updates per new env step
+    online_distill_start: int = 0  # online env steps of critic-only updates before distillation resumes
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
     # Online env steps collected before the first online update (updates follow whole episodes, so
     # they start after the episode that crosses this count). Counted in steps, not episodes, so a
@@ -79,6 +80,7 @@ class TrainConfig:
         require(self, "batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
                 "online_eval_every", "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
         require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_env_steps",
+                "online_distill_start",
                 "diagnostic_pairs",
                 "online_critic_utd", "online_distill_utd", at_least=0)
         if not 0 <= self.held_out_fraction < 1:
@@ -441,6 +443,8 @@ class Trainer:
     def _online_updates(self, new_steps: int) -> None:
         critic_updates = round(new_steps * self.config.online_critic_utd)
         distill_updates = round(new_steps * self.config.online_distill_utd)
+        if self.progress.step < self.config.online_distill_start:  # the critic learns the new data first
+            distill_updates = 0
         for i in range(max(critic_updates, distill_updates)):
             batch = self._batch()
             if i < critic_updates:
