@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite import BASELINES, GROUPS, METHODS, TASKS, has_online_phase  # noqa: E402
+from suite import BASELINES, GROUPS, METHODS, TASKS  # noqa: E402
 
 Result = dict[str, Any]
 
@@ -57,8 +57,13 @@ def wilson(rate: float, trials: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def episodes(runs: list[Result]) -> int:
-    """Evaluation episodes per seed of a cell (its runs share a config)."""
-    return int(runs[0]["config"]["train"]["eval_episodes"])
+    """Evaluation episodes per seed of a cell (its runs share a config; 0 if not recorded)."""
+    return int(runs[0]["config"]["train"].get("eval_episodes", 0))
+
+
+def has_online(runs: list[Result]) -> bool:
+    """Whether a cell's runs had an online phase (a score for it)."""
+    return any(r["online_score"] is not None for r in runs)
 
 
 def order(names: set[str] | list[str]) -> list[str]:
@@ -190,7 +195,7 @@ def efficiency_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str
         target = finals[best]
         for method in methods:
             runs = cells.get((task, method))
-            if not runs or not has_online_phase(task, method):
+            if not runs or not has_online(runs):
                 continue
             reached = next((step for step, mean, _, _ in mean_curve(runs) if mean >= target - 1e-9), None)
             budget = max(r["online_env_steps"] for r in runs)
@@ -228,7 +233,7 @@ def plot(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: 
 
     ablations = list(GROUPS["ablations"])
     panels = [(task, task, methods) for task in tasks
-              if any((task, m) in cells for m in methods if has_online_phase(task, m))]
+              if any(has_online(cells.get((task, m), [])) for m in methods)]
     panels += [(task, f"{task}: ablations", ablations) for task in tasks
                if any((task, m) in cells for m in ablations[1:])]
     if not panels:

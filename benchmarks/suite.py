@@ -55,6 +55,7 @@ OFFLINE_ONLY_TASKS = ("pointmaze-medium", "pointmaze-large")
 SUITE_BATCH_SIZE = 128
 
 ScoreMode = Literal["pa_rl", "policy"]
+Tier = Literal["short", "long"]
 Configure = Callable[[RunConfig], RunConfig]
 
 
@@ -107,13 +108,11 @@ def _calql_actor(config: RunConfig) -> RunConfig:
     CQL/Cal-QL's max-target backup (their AntMaze setting), not PA-RL's locally optimized actions.
     Q is the ensemble's min (clipped double Q) in the actor loss and that ranking, as in Cal-QL."""
     config = _rerank_only(_agent(config, objective="calql", policy_improvement="reparam"))
-    config = _optimizer(config, objective="min")
-    return _train(config, offline_distill_every=1, collect_mode="policy")
+    return _optimizer(config, objective="min")
 
 
 def _iql_awr(config: RunConfig) -> RunConfig:
-    config = _agent(config, objective="iql", policy_improvement="awr")
-    return _train(config, offline_distill_every=1, collect_mode="policy", cache_policy_samples=False)
+    return _train(_agent(config, objective="iql", policy_improvement="awr"), cache_policy_samples=False)
 
 
 def _ablation(local_steps: int | None = None, top_k_all: bool = False, num_samples: int | None = None) -> Configure:
@@ -182,6 +181,22 @@ class Budgets:
     def apply(self, config: RunConfig) -> RunConfig:
         return _train(config, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
 
+    def over(self, base: Budgets) -> Budgets:
+        """``base`` with this one's values where they are given."""
+        return dataclasses.replace(base, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+
+# The long tier (``--tier long``): budgets at which a critic can mature (20k offline updates, 10k online
+# env steps, batches of 256, 50 evaluation episodes), on a maze that needs stitching and the Meta-World
+# task where BC starts highest, with the methods a user would weigh against each other. Cells of both
+# tasks have an online phase. Expect hours per cell here: run it in the background with --stop-by.
+LONG_SUITE: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("pointmaze-medium", "metaworld-coffee-push"),
+     ("parl-diffusion", "parl-flow", "bc-diffusion", "bestofn-diffusion", "calql-gaussian", "iql-gaussian")),
+)
+LONG_BUDGETS = Budgets(offline_steps=20_000, online_env_steps=10_000, eval_every=2_000, online_eval_every=1_000,
+                       eval_episodes=50, batch_size=256)
+
 
 def expand(names: Sequence[str], known: Sequence[str], groups: dict[str, tuple[str, ...]], what: str) -> list[str]:
     """Names and group names → names, in order, without repeats; unknown names stop with the valid ones."""
@@ -198,21 +213,21 @@ def expand(names: Sequence[str], known: Sequence[str], groups: dict[str, tuple[s
 
 
 def cell_config(task: str, method_name: str, seed: int, budgets: Budgets, runs_dir: Path,
-                data_dir: Path, device: str = "cpu") -> RunConfig:
+                data_dir: Path, device: str = "cpu", tier: Tier = "short") -> RunConfig:
     """The preset, the suite's batch, the budgets, then the method's changes (last, so BC's zero budgets win)."""
     method = METHODS[method_name]
     config = dataclasses.replace(cpu(), dataset=task, policy=method.policy, runs_dir=runs_dir, data_dir=data_dir,
                                  name=cell_name(task, method_name, seed), device=device)
     config = budgets.apply(_train(config, batch_size=SUITE_BATCH_SIZE))
     config = _train(config, seed=seed, reward_bias=reward_bias(task), progress=False)
-    if task in OFFLINE_ONLY_TASKS:
+    if not has_online_phase(task, method_name, tier):
         config = _train(config, online_env_steps=0)
     return method.configure(config)
 
 
-def has_online_phase(task: str, method: str) -> bool:
-    """Whether a cell has an online phase: not for BC methods, nor on ``OFFLINE_ONLY_TASKS``."""
-    return METHODS[method].online and task not in OFFLINE_ONLY_TASKS
+def has_online_phase(task: str, method: str, tier: Tier = "short") -> bool:
+    """Whether a cell has an online phase: not for BC methods, nor on ``OFFLINE_ONLY_TASKS`` in the short tier."""
+    return METHODS[method].online and (tier == "long" or task not in OFFLINE_ONLY_TASKS)
 
 
 def reward_bias(task: str) -> float:
@@ -243,12 +258,12 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: Path, runs_dir: Path,
-             data_dir: Path, command: str, device: str = "cpu", tag: str = "") -> Path:
+             data_dir: Path, command: str, device: str = "cpu", tag: str = "", tier: Tier = "short") -> Path:
     """Train one cell and write its JSON atomically; an existing JSON with the same config is kept.
     ``tag`` (e.g. "[3/21]") starts each line it prints, whole, so parallel cells' lines stay apart."""
     tag = f"{tag} " if tag else ""
     method = METHODS[method_name]
-    config = cell_config(task, method_name, seed, budgets, runs_dir, data_dir, device)
+    config = cell_config(task, method_name, seed, budgets, runs_dir, data_dir, device, tier)
     out = results / f"{config.name}.json"
     if out.exists():
         stored = json.loads(out.read_text())["config"]
@@ -271,9 +286,9 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
     summary = result.summary
     offline_phase = "offline" if config.train.offline_steps else "bc"
     offline = score(summary, offline_phase, method.score_mode)
-    has_online = has_online_phase(task, method_name)
+    has_online = has_online_phase(task, method_name, tier)
     payload = {
-        "task": task, "method": method_name, "seed": seed, "policy": method.policy,
+        "task": task, "method": method_name, "seed": seed, "tier": tier, "policy": method.policy,
         "score_mode": method.score_mode, "description": method.summary,
         "offline_score": offline,
         "online_score": score(summary, "online", method.score_mode) if has_online else None,
@@ -306,6 +321,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true",
                         help="the whole suite (main comparison on every task, other classes and ablations on "
                              "umaze), seed by seed; replaces --tasks and --methods")
+    parser.add_argument("--tier", choices=["short", "long"], default="short",
+                        help="long: the long tier's tasks, methods and budgets (LONG_SUITE, LONG_BUDGETS); budget "
+                             "flags still override; replaces --tasks, --methods and --full")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs/bench/<results folder name>")
@@ -333,12 +351,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"group {name}: {', '.join(members)}")
         for tasks, methods in FULL_SUITE:
             print(f"--full runs {', '.join(methods)} on {', '.join(tasks)}")
+        for tasks, methods in LONG_SUITE:
+            print(f"--tier long runs {', '.join(methods)} on {', '.join(tasks)} with {LONG_BUDGETS}")
         print(f"offline only (online score n/a): {', '.join(OFFLINE_ONLY_TASKS)}")
         return
-    plan = FULL_SUITE if args.full else ((tuple(expand(args.tasks, TASKS, {"all": TASKS}, "task")),
-                                           tuple(expand(args.methods, list(METHODS), GROUPS, "method"))),)
+    plan = LONG_SUITE if args.tier == "long" else FULL_SUITE if args.full else (
+        (tuple(expand(args.tasks, TASKS, {"all": TASKS}, "task")),
+         tuple(expand(args.methods, list(METHODS), GROUPS, "method"))),)
     torch.set_num_threads(args.threads)
     budgets = Budgets(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budgets)})
+    if args.tier == "long":
+        budgets = budgets.over(LONG_BUDGETS)
     runs_dir = args.runs_dir or ROOT / "runs" / "bench" / args.results.name
     command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(
         ["python", "benchmarks/suite.py", *argv])
@@ -348,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: --jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1:  # make missing data sets here, once, rather than in racing workers
         for task, method, seed in {task: (task, method, seed) for task, method, seed in cells}.values():
-            ensure_dataset(cell_config(task, method, seed, budgets, runs_dir, args.data_dir))
+            ensure_dataset(cell_config(task, method, seed, budgets, runs_dir, args.data_dir, tier=args.tier))
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or CUDA state
     with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.threads,)) \
             if args.jobs > 1 else contextlib.nullcontext() as pool:
@@ -361,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             tag = f"[{index}/{len(cells)}]"
             if args.stop_by is not None and too_late(args.results, task, method, seed, args.device, args.stop_by, tag):
                 continue
-            cell = (task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device, tag)
+            cell = (task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device, tag,
+                    args.tier)
             if pool is None:
                 run_cell(*cell)
             else:
