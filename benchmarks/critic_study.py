@@ -62,6 +62,9 @@ VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "mcfloor-nstep10": _agent(mc_target_floor=True, n_step=10),
     "twohot": _critic(distributional=True, v_min=-100.0, v_max=0.0),
     "mcfloor-alpha1": _agent(mc_target_floor=True, cql_alpha=1.0),
+    "returnfit": lambda c: dataclasses.replace(c, train=dataclasses.replace(c.train, critic_return_fit_steps=1000)),
+    "returnfit-nstep10": _both(_agent(n_step=10), lambda c: dataclasses.replace(
+        c, train=dataclasses.replace(c.train, critic_return_fit_steps=1000))),
 }
 
 

@@ -202,3 +202,20 @@ def test_cached_policy_samples_replace_sampling_in_updates() -> None:
         buffer.add_episode(chain_episodes(1, np.random.default_rng(1))[0], 0.9, 0.0)
     buffer.drop_policy_samples()
     assert buffer.sample(4).policy_samples is None
+
+
+def test_fitting_returns_sets_the_critic_to_the_data_values_before_any_td_update() -> None:
+    """On the chain, regressing on Monte-Carlo returns gives Q(s1, a) = 1 − a² for the data's actions."""
+    config = AgentConfig(objective="cql", gamma=0.9, critic_lr=1e-3,
+                         critic=CriticConfig(ensemble_size=2, hidden_dims=(64, 64)))
+    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+    buffer = ReplayBuffer.from_episodes(chain_episodes(500, np.random.default_rng(0)), gamma=0.9)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(800):
+        agent.fit_returns(buffer.sample(128, generator))
+    agent.sync_target()
+    a = torch.linspace(-0.9, 0.9, 7)[:, None]
+    with torch.no_grad():
+        q1 = agent.critic(torch.tensor([[0.0, 1.0]]).expand(7, 2), a).mean(0)
+    assert torch.allclose(q1, 1 - a[:, 0] ** 2, atol=0.1), q1
+    assert all(torch.equal(p, q) for p, q in zip(agent.critic.parameters(), agent.target_critic.parameters()))

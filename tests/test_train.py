@@ -51,6 +51,7 @@ def test_every_objective_and_policy_class_runs_through_all_phases() -> None:
     episodes = collect_episodes(10, seed=2)
     config = TrainConfig(batch_size=16, bc_steps=5, offline_steps=5, online_env_steps=50, warmup_env_steps=0,
                          offline_distill_every=2, online_distill_utd=2.0, eval_every=10_000, eval_episodes=1,
+                         critic_return_fit_steps=3,
                          progress=False)
     for policy_name, objective in [("gaussian", "iql"), ("token", "cql"), ("diffusion", "iql")]:
         result = train(small_agent(policy_name, objective), episodes, lambda: gym.make("pa_rl/PointGoal-v0"), config)

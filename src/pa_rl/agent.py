@@ -251,6 +251,25 @@ class Agent(nn.Module):
         return {"critic/td_loss": td_loss.detach(), "critic/value_loss": value_loss.detach(),
                 "critic/q_data": self.critic.values(logits).mean().detach(), "critic/v": v.mean().detach()}
 
+    def fit_returns(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One regression step of every critic member on the data's Monte-Carlo returns G(s, a).
+
+        A critic starts near Q = 0, and TD moves its level by about one Bellman iteration per 1/τ
+        updates: with −1-per-step rewards and returns near −80 it stays far too optimistic for
+        thousands of updates (BENCHMARKS.md, critic study). Regressing on G first starts TD from
+        the behaviour's values instead. The target critic is not moved here (see
+        :meth:`sync_target`)."""
+        td_loss = self.critic.td_loss(self.critic.logits(batch.obs, batch.actions), batch.mc_returns)
+        self.critic_optim.zero_grad(set_to_none=True)
+        td_loss.backward()
+        self.critic_optim.step()
+        return {"critic/mc_fit_loss": td_loss.detach()}
+
+    @torch.no_grad()
+    def sync_target(self) -> None:
+        """Target critic ← critic (after :meth:`fit_returns`)."""
+        polyak_update(self.target_critic, self.critic, 1.0)
+
     def distill(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One policy step alone (for PA-RL: distillation, action optimization included)."""
         return self._improve_policy(batch, None)

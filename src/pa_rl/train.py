@@ -48,6 +48,9 @@ class TrainConfig:
     # A policy step every K offline updates. 0 = the method's own rule: none for PA-RL (the reference
     # code keeps the base policy frozen offline), every update for the reparam/awr baselines (as
     # Cal-QL's and IQL's actors train).
+    # Offline, before the first TD update: this many critic regressions on the data's Monte-Carlo
+    # returns (Agent.fit_returns), so TD starts from the behaviour's values, not from Q ≈ 0.
+    critic_return_fit_steps: int = 0
     offline_distill_every: int = 0
     cache_policy_samples: bool = True  # while the policy is frozen offline, draw its samples once
     online_critic_utd: float = 1.0  # critic updates per new env step
@@ -80,6 +83,7 @@ class TrainConfig:
         require(self, "batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
                 "online_eval_every", "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
         require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_env_steps",
+                "critic_return_fit_steps",
                 "online_distill_start",
                 "diagnostic_pairs",
                 "online_critic_utd", "online_distill_utd", at_least=0)
@@ -360,6 +364,12 @@ class Trainer:
             self.offline.cache_policy_samples(self.agent.sample_policy, progress=cfg.progress)
             if self.progress.step > 0:
                 torch.set_rng_state(now)
+        if self.progress.step == 0 and cfg.critic_return_fit_steps:
+            # Not counted as updates: a kill here resumes from the phase's start and redoes them exactly.
+            for _ in range(cfg.critic_return_fit_steps):
+                metrics = self.agent.fit_returns(self.offline.sample(cfg.batch_size, self.generator))
+            self.agent.sync_target()
+            self.logger.log("offline", self.progress.updates, self.progress.env_steps, metrics)
         try:
             with self._bar(cfg.offline_steps, "offline") as bar:
                 while self.progress.step < cfg.offline_steps:
