@@ -44,6 +44,8 @@ seeds 10_000 + seed·1000 + i, success = the env's flag, every ``--eval-every`` 
 ``success`` with d3rlpy's ``predict`` (the deterministic squashed mean, what d3rlpy's own evaluator
 uses) and ``success_sample`` with one ``sample_action`` draw (what pa-rl scores its reparam/awr
 baselines with: the ``policy`` mode, clipped to the action box as pa-rl clips it).
+
+d3rlpy is imported only in the functions that train, so ``--report`` runs without it.
 """
 
 from __future__ import annotations
@@ -172,11 +174,11 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = load_dataset(args.dataset)
-    d3rlpy.seed(args.seed)
-    algo = make_algo(args.algo, args.batch_size)
+    algo = make_algo(args.algo, args.batch_size)  # a config only: the networks are built in fitter
     dataset = to_mdp_dataset(data.episodes, args.reward_bias, algo.config.gamma, args.algo)
     envs = [data.make_env(eval_env=True) for _ in range(min(args.eval_episodes, 50))]
     seeds = [10_000 + args.seed * 1_000 + i for i in range(args.eval_episodes)]
+    d3rlpy.seed(args.seed)  # last: building the dataset draws from numpy's global generator
     curve = []
     fitter = algo.fitter(dataset, n_steps=args.steps, n_steps_per_epoch=args.eval_every,
                          logger_adapter=d3rlpy.logging.NoopAdapterFactory(), show_progress=False)
