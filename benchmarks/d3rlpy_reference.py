@@ -7,8 +7,8 @@ comparison with ours (benchmarks/d3rlpy_vs_pa_rl.md).
 
 Full runs: 4k updates, an evaluation of 50 episodes every 500, 3 seeds each, one torch thread, from
 the repository root (PY = the project's venv, on the shared machine /work/main/.venv/bin/python;
-``make bench-deps VENV=...`` first). Measured on the busy 2-core machine: Cal-QL ≈ 0.27 s an update
-(≈ 20 min a seed), IQL ≈ 0.05 s (≈ 5 min a seed), plus the evaluations.
+``make bench-deps VENV=...`` first). Measured on the busy 2-core machine: Cal-QL 0.27–0.37 s an
+update (20–25 min a seed), IQL ≈ 0.05 s (≈ 5 min a seed), plus the evaluations.
 
     for algo in iql calql; do for seed in 0 1 2; do
       OMP_NUM_THREADS=1 PYTHONPATH=src $PY benchmarks/d3rlpy_reference.py --algo $algo --seed $seed
@@ -196,7 +196,9 @@ def run(args: argparse.Namespace) -> Path:
         "algo": args.algo, "seed": args.seed, "steps": args.steps, "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes, "eval_seeds": [seeds[0], seeds[-1]], "curve": curve,
         "hyperparameters": hyperparameters(algo, args.algo), "config": json.loads(algo.config.serialize()),
-        "transition_picker": type(dataset.transition_picker).__name__,
+        "transition_picker": {"class": type(dataset.transition_picker).__name__,
+                              **{k.lstrip("_"): v for k, v in vars(dataset.transition_picker).items()
+                                 if isinstance(v, (int, float))}},
         "wall_clock_s": time.perf_counter() - start, "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "versions": versions(),
         "command": shlex.join([sys.executable, *sys.argv]),
