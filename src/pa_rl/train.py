@@ -45,12 +45,12 @@ class TrainConfig:
     bc_steps: int = 20_000  # behaviour-cloning updates of the policy
     offline_steps: int = 20_000  # offline critic updates
     online_env_steps: int = 20_000  # environment steps of online fine-tuning
-    # A policy step every K offline updates. 0 = the method's own rule: none for PA-RL (the reference
-    # code keeps the base policy frozen offline), every update for the reparam/awr baselines (as
-    # Cal-QL's and IQL's actors train).
     # Offline, before the first TD update: this many critic regressions on the data's Monte-Carlo
     # returns (Agent.fit_returns), so TD starts from the behaviour's values, not from Q ≈ 0.
     critic_return_fit_steps: int = 0
+    # A policy step every K offline updates. 0 = the method's own rule: none for PA-RL (the reference
+    # code keeps the base policy frozen offline), every update for the reparam/awr baselines (as
+    # Cal-QL's and IQL's actors train).
     offline_distill_every: int = 0
     cache_policy_samples: bool = True  # while the policy is frozen offline, draw its samples once
     online_critic_utd: float = 1.0  # critic updates per new env step
@@ -83,10 +83,8 @@ class TrainConfig:
         require(self, "batch_size", "eval_episodes", "eval_parallel", "max_episode_steps", "log_every", "eval_every",
                 "online_eval_every", "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
         require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_env_steps",
-                "critic_return_fit_steps",
-                "online_distill_start",
-                "diagnostic_pairs",
-                "online_critic_utd", "online_distill_utd", at_least=0)
+                "critic_return_fit_steps", "online_distill_start", "diagnostic_pairs", "online_critic_utd",
+                "online_distill_utd", at_least=0)
         if not 0 <= self.held_out_fraction < 1:
             raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if not 0 <= self.mixing_ratio <= 1:
