@@ -129,10 +129,10 @@ def report(results: Path = RESULTS) -> str:
     for path in sorted(results.glob("*.json")):
         payload = json.loads(path.read_text())
         rows.setdefault((payload["task"], payload["variant"]), []).append(payload)
-    keys = ("eval/pa_rl_success", "diag/q_mc_bias", "diag/q_mc_spearman", "diag/rank_agreement",
-            "diag/rank_decisive")
-    lines = ["| task | variant | seeds | updates | π̂ success | Q − MC | rank corr. ρ | rollout agreement | decisive |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    keys = ("eval/pa_rl_success", "eval/policy_success", "diag/q_mean", "diag/mc_mean", "diag/q_mc_spearman",
+            "diag/rank_agreement", "diag/rank_decisive")
+    lines = ["| task | variant | seeds | updates | π̂ success | frozen policy success | Q held out | MC return "
+             "| rank corr. ρ | rollout agreement | decisive |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, variant), runs in sorted(rows.items(), key=lambda kv: (kv[0][0], list(VARIANTS).index(kv[0][1]))):
         for index, evaluation in enumerate(runs[0]["evaluations"]):
             values = [[r["evaluations"][index].get(k, float("nan")) for r in runs if index < len(r["evaluations"])]
