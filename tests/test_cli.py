@@ -74,3 +74,47 @@ def test_typos_exit_nonzero_without_a_traceback(workdir: Path, argv: list[str]) 
                           env={**os.environ, "MINARI_DATASETS_PATH": str(workdir)})
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def untrusted_dataset(root: Path, marker: Path) -> Path:
+    """A Pendulum data set whose recorded env specs were edited to run `touch MARKER` when built
+    (``root`` is $MINARI_DATASETS_PATH)."""
+    import gymnasium as gym
+    import minari
+    import numpy as np
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    buffer = EpisodeBuffer(observations=np.zeros((4, 3)), actions=np.zeros((3, 1), np.float32), rewards=np.zeros(3),
+                           terminations=np.array([False, False, True]), truncations=np.zeros(3, bool))
+    minari.create_dataset_from_buffers("evil/pendulum-v0", [buffer], env="Pendulum-v1", eval_env="Pendulum-v1",
+                                       observation_space=gym.spaces.Box(-8.0, 8.0, (3,)),
+                                       action_space=gym.spaces.Box(-2.0, 2.0, (1,)))
+    path = root / "evil" / "pendulum-v0"
+    metadata_path = path / "data" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    for key in ("env_spec", "eval_env_spec"):
+        spec = json.loads(metadata[key])
+        spec.update(entry_point="subprocess:Popen", kwargs={"args": ["touch", str(marker)]})
+        metadata[key] = json.dumps(spec)
+    metadata_path.write_text(json.dumps(metadata))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_data_set_cannot_run_code_without_trust(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    marker = workdir / "MARKER"
+    evil = untrusted_dataset(workdir / "datasets", marker)
+    message = "'subprocess:Popen' (module 'subprocess', callable 'Popen'), neither a registered gymnasium"
+    for argv in (["train", "--dataset", str(evil), *TINY], ["data", "info", str(evil)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "--trust-env subprocess:Popen" in err and "Traceback" not in err
+    # A run folder whose config.json was edited to point at that data set.
+    run = workdir / "runs" / "edited"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "final.safetensors").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"dataset_path": str(evil), "config": {"dataset": str(evil)}}))
+    assert main(["eval", str(run)]) == 2
+    assert message in capsys.readouterr().err
+    assert not marker.exists()
+    assert main(["data", "info", str(evil), "--trust-env", "subprocess:Popen"]) == 0  # trusted: it loads

@@ -22,6 +22,12 @@ commands:
 """
 
 
+def add_trust_env(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-env", action="append", default=[], metavar="MODULE:CALLABLE",
+                        help="allow the data set's recorded env to import this entry point (repeatable); "
+                             "a data set can run code through it, so only for data sets you trust")
+
+
 def _data(argv: Sequence[str]) -> None:
     from pa_rl.data import available_datasets, dataset_info, make_dataset
     from pa_rl.data.minari_io import datasets_root
@@ -38,6 +44,7 @@ def _data(argv: Sequence[str]) -> None:
     info = sub.add_parser("info", help="statistics of a data set")
     info.add_argument("dataset", help="built-in name, Minari id or dataset directory")
     info.add_argument("--data-dir", default=None, help="root folder holding built-in data sets")
+    add_trust_env(info)
     args = parser.parse_args(argv)
     if args.action == "list":
         print("\n".join(available_datasets()))
@@ -48,7 +55,7 @@ def _data(argv: Sequence[str]) -> None:
         target = args.dataset
         if target in available_datasets():
             target = str(Path(args.data_dir or datasets_root()) / "pa-rl" / f"{target}-v0")
-        for key, value in dataset_info(target).items():
+        for key, value in dataset_info(target, args.trust_env).items():
             print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 
 
@@ -63,6 +70,7 @@ def _train(argv: Sequence[str]) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     pre.add_argument("--resume", type=Path, default=None)
+    add_trust_env(pre)
     known, rest = pre.parse_known_args(argv)
     if known.resume is not None:
         if rest:
@@ -72,13 +80,14 @@ def _train(argv: Sequence[str]) -> None:
         config = tyro.cli(RunConfig, default=PRESETS[known.preset](), args=rest, prog="pa-rl train",
                           description=f"Train with PA-RL (defaults shown are preset {known.preset!r}; "
                                       f"--preset {'|'.join(sorted(PRESETS))} picks another; "
-                                      "--resume RUN continues a killed run).")
+                                      "--resume RUN continues a killed run; --trust-env MODULE:CALLABLE "
+                                      "allows a data set's env entry point).")
         resume = False
         if (config.run_dir / "config.json").exists():
             raise RunError(f"run {config.run_dir} already exists: continue it with --resume {config.run_dir}, pick "
                            "another --name, or delete that folder")
     run_dir = config.run_dir
-    data = resolve_dataset(config)
+    data = resolve_dataset(config, known.trust_env)
     agent = build_agent(config, data)
     if not resume:
         write_config(config, data)
@@ -115,6 +124,7 @@ def _eval(argv: Sequence[str]) -> None:
     parser.add_argument("--device", default=None, help="override the run's device")
     parser.add_argument("--video", type=Path, default=None, help="write an mp4 of the first episodes here")
     parser.add_argument("--video-episodes", type=int, default=1)
+    add_trust_env(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.video_episodes < 1:
         parser.error("--episodes and --video-episodes must be ≥ 1")
@@ -131,7 +141,7 @@ def _eval(argv: Sequence[str]) -> None:
     weights = args.run / "checkpoints" / "final.safetensors"
     if not weights.is_file():
         raise RunError(f"{args.run} has no final weights ({weights}): the run did not finish")
-    data = resolve_dataset(config)
+    data = resolve_dataset(config, args.trust_env)
     agent = build_agent(config, data)
     load_weights(agent, weights)
     act = lambda obs: agent.act(obs, args.mode).cpu().numpy()  # noqa: E731

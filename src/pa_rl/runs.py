@@ -8,6 +8,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,9 +93,10 @@ def ensure_dataset(config: RunConfig) -> str:
     return str(path)
 
 
-def resolve_dataset(config: RunConfig) -> LoadedDataset:
-    """Load the run's data set, generating a built-in one the first time it is asked for."""
-    return load_dataset(ensure_dataset(config))
+def resolve_dataset(config: RunConfig, trust_env: Sequence[str] = ()) -> LoadedDataset:
+    """Load the run's data set, generating a built-in one the first time it is asked for; ``trust_env``
+    lists the env entry points (``module:callable``) beyond gymnasium's and pa-rl's it may import."""
+    return load_dataset(ensure_dataset(config), trust_env)
 
 
 def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +106,7 @@ class LoadedDataset:
         return env
 
 
-def load_dataset(id_or_path: str) -> LoadedDataset:
+def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDataset:
     """Load and validate a local Minari dataset by id or by directory.
 
     ``id_or_path`` is either a directory (the dataset directory holding ``data/``, or ``data/``
@@ -114,8 +114,18 @@ def load_dataset(id_or_path: str) -> LoadedDataset:
     recorded (``TrainConfig.reward_scale``/``reward_bias`` transform data and env alike). Raises :class:`DataError` for anything that would
     silently corrupt training: missing/unreadable data, non-Box actions, unsupported
     observation spaces, empty data, non-finite values, actions outside the action bounds.
+
+    A data set is untrusted input: the env specs it records name entry points that building its
+    environment imports and calls. One that is not a registered gymnasium id's own or pa-rl's
+    own is refused unless listed in ``trust_env`` (``"module:callable"``), before anything is
+    imported.
     """
     data_dir = _resolve_data_dir(id_or_path)
+    try:
+        metadata = json.loads((data_dir / "metadata.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise _malformed(data_dir, e) from e
+    _refuse_untrusted_code(metadata, id_or_path, trust_env)
     try:
         dataset = minari.MinariDataset(str(data_dir))
         observation_space = dataset.observation_space
@@ -123,10 +133,7 @@ def load_dataset(id_or_path: str) -> LoadedDataset:
         dataset_id = dataset.id
         minari_episodes = list(dataset.iterate_episodes())
     except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as e:
-        raise DataError(
-            f"Dataset at {data_dir} is malformed or unreadable ({type(e).__name__}: {e}). "
-            "Delete it and regenerate it (pa-rl data make NAME) or re-download it with minari."
-        ) from e
+        raise _malformed(data_dir, e) from e
 
     if not isinstance(action_space, gym.spaces.Box):
         raise DataError(
@@ -268,6 +275,54 @@ def _resolve_data_dir(id_or_path: str) -> Path:
         "at the folder holding it, or pass the dataset directory. Nothing is downloaded "
         "automatically; use `minari download ID` for remote Minari datasets."
     )
+
+
+def _malformed(data_dir: Path, error: Exception) -> DataError:
+    return DataError(
+        f"Dataset at {data_dir} is malformed or unreadable ({type(error).__name__}: {error}). "
+        "Delete it and regenerate it (pa-rl data make NAME) or re-download it with minari."
+    )
+
+
+def _within(entry_point: str, packages: tuple[str, ...]) -> bool:
+    module = entry_point.partition(":")[0]
+    return any(module == package or module.startswith(f"{package}.") for package in packages)
+
+
+def untrusted_entry_points(metadata: dict) -> list[str]:
+    """Entry points that ``gym.make`` would import for the recorded env specs and that nobody vetted:
+    an env entry point other than pa-rl's own or the one its id is registered with in gymnasium,
+    and wrappers outside ``gymnasium.wrappers`` and pa-rl."""
+    found = []
+    for key in ("env_spec", "eval_env_spec"):
+        if metadata.get(key) is None:
+            continue
+        spec = json.loads(metadata[key])
+        entry = spec.get("entry_point")
+        registered = gym.registry.get(spec.get("id"))
+        if entry is not None and not (_within(str(entry), ("pa_rl",))
+                                      or (registered is not None and registered.entry_point == entry)):
+            found.append(str(entry))
+        found += [str(wrapper.get("entry_point")) for wrapper in spec.get("additional_wrappers") or []
+                  if not _within(str(wrapper.get("entry_point")), ("gymnasium.wrappers", "pa_rl"))]
+    return list(dict.fromkeys(found))
+
+
+def _refuse_untrusted_code(metadata: dict, id_or_path: str, trust_env: Sequence[str]) -> None:
+    try:
+        refused = [entry for entry in untrusted_entry_points(metadata) if entry not in trust_env]
+    except (TypeError, AttributeError, json.JSONDecodeError) as e:
+        raise DataError(f"Dataset {id_or_path!r} records a malformed env spec ({type(e).__name__}: {e}).") from e
+    if refused:
+        named = ", ".join(f"{entry!r} (module {entry.partition(':')[0]!r}, callable {entry.partition(':')[2]!r})"
+                          for entry in refused)
+        flags = " ".join(f"--trust-env {entry}" for entry in refused)
+        raise DataError(
+            f"Dataset {id_or_path!r} records the environment entry point(s) {named}, neither a registered "
+            "gymnasium environment nor pa-rl's own: building its environment would import and run that code. "
+            f"Nothing was imported. If you trust this data set, allow them with {flags} "
+            f"(Python: load_dataset(..., trust_env={refused!r}))."
+        )
 
 
 def _check_observation_space(space: gym.spaces.Space, dataset_id: str) -> None:

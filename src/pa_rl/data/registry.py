@@ -7,7 +7,7 @@ Generator modules are imported lazily: each needs its optional simulator package
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +81,13 @@ def make_dataset(
     return generated.write(dataset_id, out_dir=out_dir, overwrite=overwrite)
 
 
-def dataset_info(id_or_path: str) -> dict:
+def dataset_info(id_or_path: str, trust_env: Sequence[str] = ()) -> dict:
     """Summary statistics of a dataset (validated by :func:`load_dataset`).
 
     ``success_rate`` is the fraction of episodes whose recorded ``infos["success"]`` is ever
     true, or None when the dataset records no success info.
     """
-    data = load_dataset(id_or_path)
+    data = load_dataset(id_or_path, trust_env)
     returns = np.array([float(ep.rewards.sum()) for ep in data.episodes])
     lengths = np.array([len(ep) for ep in data.episodes])
     successes = data.episode_successes()
