@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pa_rl.cli import main
+from pa_rl.runs import lock_run
 
 TINY = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "100",
         "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-episodes", "0",
@@ -118,3 +119,15 @@ def test_a_data_set_cannot_run_code_without_trust(workdir: Path, capsys: pytest.
     assert message in capsys.readouterr().err
     assert not marker.exists()
     assert main(["data", "info", str(evil), "--trust-env", "subprocess:Popen"]) == 0  # trusted: it loads
+
+
+def test_a_second_writer_of_a_run_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    run = workdir / "runs" / "busy"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {}}))
+    with lock_run(run):  # held as a running `pa-rl train` holds it
+        for argv in (["train", "--resume", str(run)], ["train", "--name", "busy"]):
+            assert main(argv) == 2
+            assert f"busy is in use by process {os.getpid()}: wait for it" in capsys.readouterr().err
+    with lock_run(run):  # released when its holder ends
+        pass

@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pa_rl.runs import RunConfig
 
 DESCRIPTION = """Policy-agnostic RL (PA-RL): offline RL and online fine-tuning of any policy class.
 
@@ -62,10 +66,8 @@ def _data(argv: Sequence[str]) -> None:
 def _train(argv: Sequence[str]) -> None:
     import tyro
 
-    from pa_rl.plotting import plot_runs
     from pa_rl.presets import PRESETS
-    from pa_rl.runs import RunConfig, RunError, build_agent, read_config, resolve_dataset, save_weights, write_config
-    from pa_rl.train import train
+    from pa_rl.runs import RunConfig, RunError, lock_run, read_config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -83,11 +85,20 @@ def _train(argv: Sequence[str]) -> None:
                                       "--resume RUN continues a killed run; --trust-env MODULE:CALLABLE "
                                       "allows a data set's env entry point).")
         resume = False
-        if (config.run_dir / "config.json").exists():
+    with lock_run(config.run_dir):
+        if not resume and (config.run_dir / "config.json").exists():
             raise RunError(f"run {config.run_dir} already exists: continue it with --resume {config.run_dir}, pick "
                            "another --name, or delete that folder")
+        _train_locked(config, resume, known.trust_env)
+
+
+def _train_locked(config: RunConfig, resume: bool, trust_env: Sequence[str]) -> None:
+    from pa_rl.plotting import plot_runs
+    from pa_rl.runs import build_agent, resolve_dataset, save_weights, write_config
+    from pa_rl.train import train
+
     run_dir = config.run_dir
-    data = resolve_dataset(config, known.trust_env)
+    data = resolve_dataset(config, trust_env)
     agent = build_agent(config, data)
     if not resume:
         write_config(config, data)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +125,25 @@ def load_weights(agent: Agent, path: Path) -> None:
         raise RunError(f"{path} does not match this run's config (tensor shapes differ)") from error
     if missing or unexpected:
         raise RunError(f"{path} does not match this run's config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder (``.lock``, holding our PID) for as long as a command
+    writes to it: a second writer is refused, naming the holder, instead of interleaving its metrics
+    and checkpoints with the first's. The kernel drops the lock when the process dies, however it dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunError(f"run {run_dir} is in use by process {handle.read().strip() or '(unknown)'}: wait for it to "
+                           "end or stop it; two writers would interleave its metrics and checkpoints") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def write_config(config: RunConfig, data: LoadedDataset) -> None:
