@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,23 @@ def test_a_second_writer_of_a_run_is_refused(workdir: Path, capsys: pytest.Captu
             assert f"busy is in use by process {os.getpid()}: wait for it" in capsys.readouterr().err
     with lock_run(run):  # released when its holder ends
         pass
+
+
+def test_a_resume_is_pinned_to_the_run_s_data(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    from pa_rl.data import make_dataset
+    from pa_rl.runs import RunConfig, resolve_dataset, write_config
+
+    config = RunConfig(name="pinned", data_dir=workdir / "datasets")
+    make_dataset("pointmaze-umaze", out_dir=str(workdir / "datasets"), size=300, progress=False)
+    write_config(config, resolve_dataset(config))  # a run started on these data (checkpoints do not matter here)
+    for size, seed, differs in ((400, 0, "transitions (run 300, now 400)"), (300, 1, "sha256 (run '")):
+        make_dataset("pointmaze-umaze", out_dir=str(workdir / "datasets"), size=size, seed=seed, progress=False,
+                     overwrite=True)
+        assert main(["train", "--resume", "runs/pinned"]) == 2
+        err = capsys.readouterr().err
+        assert "differs from the one run runs/pinned was trained on" in err and differs in err
+    # Gone: refused, not regenerated at its default size.
+    shutil.rmtree(workdir / "datasets" / "pa-rl" / "pointmaze-umaze-v0")
+    assert main(["train", "--resume", "runs/pinned"]) == 2
+    assert "pointmaze-umaze-v0, is gone: restore it there" in capsys.readouterr().err
+    assert not (workdir / "datasets" / "pa-rl" / "pointmaze-umaze-v0").exists()

@@ -94,11 +94,11 @@ def _train(argv: Sequence[str]) -> None:
 
 def _train_locked(config: RunConfig, resume: bool, trust_env: Sequence[str]) -> None:
     from pa_rl.plotting import plot_runs
-    from pa_rl.runs import build_agent, resolve_dataset, save_weights, write_config
+    from pa_rl.runs import build_agent, resolve_dataset, run_dataset, save_weights, write_config
     from pa_rl.train import train
 
     run_dir = config.run_dir
-    data = resolve_dataset(config, trust_env)
+    data = run_dataset(run_dir, trust_env) if resume else resolve_dataset(config, trust_env)
     agent = build_agent(config, data)
     if not resume:
         write_config(config, data)

@@ -149,18 +149,42 @@ def lock_run(run_dir: Path) -> Iterator[None]:
 def write_config(config: RunConfig, data: LoadedDataset) -> None:
     import pa_rl
 
+    fingerprint = data.fingerprint()
     payload = {"pa_rl_version": pa_rl.__version__, "torch_version": torch.__version__,
-               "dataset_path": data.path, "dataset_id": data.dataset_id, "config": to_jsonable(config)}
+               "dataset_path": fingerprint["path"], "dataset_id": data.dataset_id, "dataset_fingerprint": fingerprint,
+               "config": to_jsonable(config)}
     write_atomically(config.run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
-def read_config(run_dir: Path) -> RunConfig:
+def _read_payload(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a pa-rl run: {path} is missing")
     try:
-        payload = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise RunError(f"{path} is not valid JSON ({error}); the run's config is damaged") from error
-    config = from_jsonable(RunConfig, payload["config"])
+
+
+def run_dataset(run_dir: Path, trust_env: Sequence[str] = ()) -> LoadedDataset:
+    """The data set a run was trained on, for its resume: loaded from the folder its ``config.json``
+    records (never re-resolved by name nor regenerated) and refused if it differs from the recorded
+    fingerprint, since resuming on other data would quietly train a different run."""
+    recorded = _read_payload(run_dir).get("dataset_fingerprint")
+    if recorded is None:
+        raise RunError(f"{run_dir}/config.json records no fingerprint of its data (written by an older pa-rl): "
+                       "its data cannot be checked, so it cannot be resumed; start a new run")
+    if not Path(recorded["path"]).is_dir():
+        raise RunError(f"the data set of run {run_dir}, {recorded['path']}, is gone: restore it there to resume")
+    data = load_dataset(recorded["path"], trust_env)
+    changed = [f"{key} (run {recorded[key]!r}, now {value!r})" for key, value in data.fingerprint().items()
+               if recorded[key] != value]
+    if changed:
+        raise RunError(f"the data set {recorded['path']} differs from the one run {run_dir} was trained on: "
+                       f"{'; '.join(changed)}. Restore the original data, or start a new run on these")
+    return data
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    config = from_jsonable(RunConfig, _read_payload(run_dir)["config"])
     return dataclasses.replace(config, runs_dir=Path(run_dir).parent, name=Path(run_dir).name)

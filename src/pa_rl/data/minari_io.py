@@ -8,6 +8,7 @@ works offline: nothing is ever downloaded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +61,17 @@ class LoadedDataset:
     @property
     def num_transitions(self) -> int:
         return sum(len(ep) for ep in self.episodes)
+
+    def fingerprint(self) -> dict[str, object]:
+        """What pins a run to these data: their folder, size, and a SHA-256 of their content as loaded
+        (every episode's length and arrays), so regenerated or edited data do not pass for the original."""
+        digest = hashlib.sha256()
+        for ep in self.episodes:
+            digest.update(len(ep).to_bytes(8, "little"))
+            for array in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return {"path": str(Path(self.path).resolve()), "episodes": len(self.episodes),
+                "transitions": self.num_transitions, "sha256": digest.hexdigest()}
 
     def episode_successes(self) -> np.ndarray | None:
         """Per-episode bool: did ``infos["success"]`` ever hold? None if not recorded."""
