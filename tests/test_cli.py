@@ -57,8 +57,9 @@ def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture)
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["data", "make", "pointmaze-tiny"], "Unknown dataset name 'pointmaze-tiny'. Valid names: pointmaze-umaze"),
-    (["data", "info", "nowhere/missing-v0"], "not found; looked at"),
-    (["train", "--dataset", str(Path("/nonexistent/ds"))], "not found"),
+    (["data", "info", "nowhere/missing-v0"], "No data set named 'nowhere/missing-v0'; looked at"),
+    (["train", "--dataset", str(Path("/nonexistent/ds"))], "No data set named '/nonexistent/ds'"),
+    (["train", "--dataset", "pointmaze-umze"], "No data set named 'pointmaze-umze' (close names: pointmaze-umaze"),
     (["eval", "/nonexistent/run"], "is not a pa-rl run"),
     (["plot", "/nonexistent/run"], "has no metrics.csv"),
     (["train", "--agent.optimizer.top-k", "64", "--agent.optimizer.num-samples", "8"], "top_k (64) cannot exceed"),

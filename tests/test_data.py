@@ -226,6 +226,18 @@ def test_missing_dataset_message(tmp_path: Path, monkeypatch) -> None:
         load_dataset(str(tmp_path))
 
 
+def test_mistyped_name_message(maze_path: str, root: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    for typo in ("pointmaze-umze", "pa-rl/pointmaze-umaze"):  # the second is an id without its version
+        with pytest.raises(DataError) as err:
+            load_dataset(typo)
+        message = str(err.value)
+        assert message.startswith(f"No data set named {typo!r} (close names: ")
+        assert f"Local Minari ids under {root}: pa-rl/pointmaze-umaze-v0." in message
+        assert "`pa-rl data make NAME`" in message
+    assert "pointmaze-umaze," in message and "pa-rl/pointmaze-umaze-v0" in message.split("; looked at")[0]
+
+
 def test_unknown_name_message() -> None:
     with pytest.raises(DataError, match="Unknown dataset name 'pointmaze-tiny'.*pointmaze-umaze"):
         make_dataset("pointmaze-tiny")

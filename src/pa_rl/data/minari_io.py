@@ -8,6 +8,7 @@ works offline: nothing is ever downloaded.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -274,19 +275,34 @@ def _resolve_data_dir(id_or_path: str) -> Path:
     try:
         parse_dataset_id(id_or_path)
         is_id = True
-    except ValueError:
+    except (ValueError, TypeError):  # minari raises TypeError for an id without a version
         is_id = False
     if is_id:
         data_dir = datasets_root() / id_or_path / "data"
         if (data_dir / "metadata.json").is_file():
             return data_dir
         looked.append(f"{data_dir} (dataset id under MINARI_DATASETS_PATH={datasets_root()})")
-    raise DataError(
-        f"Dataset {id_or_path!r} not found; looked at: {'; '.join(looked)}. Generate a built-in "
-        "dataset with `pa-rl data make NAME` (see `pa-rl data list`), point MINARI_DATASETS_PATH "
-        "at the folder holding it, or pass the dataset directory. Nothing is downloaded "
-        "automatically; use `minari download ID` for remote Minari datasets."
-    )
+    raise DataError(_no_such_dataset(id_or_path, looked))
+
+
+def local_dataset_ids() -> list[str]:
+    """Ids of the Minari data sets under :func:`datasets_root`."""
+    root = datasets_root()
+    return sorted(str(meta.parent.parent.relative_to(root)) for meta in root.glob("**/data/metadata.json"))
+
+
+def _no_such_dataset(name: str, looked: list[str]) -> str:
+    """Say what was asked for, the close names that exist, and how to make one."""
+    from pa_rl.data.registry import available_datasets  # the registry imports this module
+
+    local = local_dataset_ids()
+    close = difflib.get_close_matches(name, available_datasets() + local, n=5, cutoff=0.6)
+    shown = ", ".join(local[:10]) + (f" and {len(local) - 10} more" if len(local) > 10 else "") or "none"
+    return (f"No data set named {name!r}" + (f" (close names: {', '.join(close)})" if close else "")
+            + f"; looked at: {'; '.join(looked)}. Local Minari ids under {datasets_root()}: {shown}. Make a built-in "
+            "one with `pa-rl data make NAME` (names: `pa-rl data list`), point MINARI_DATASETS_PATH at the folder "
+            "holding yours, or pass the dataset directory. Nothing is downloaded automatically; use `minari "
+            "download ID` for remote Minari datasets.")
 
 
 def _malformed(data_dir: Path, error: Exception) -> DataError:
