@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -153,3 +154,18 @@ def test_a_resume_is_pinned_to_the_run_s_data(workdir: Path, capsys: pytest.Capt
     assert main(["train", "--resume", "runs/pinned"]) == 2
     assert "pointmaze-umaze-v0, is gone: restore it there" in capsys.readouterr().err
     assert not (workdir / "datasets" / "pa-rl" / "pointmaze-umaze-v0").exists()
+
+
+def test_a_failed_start_leaves_no_run_behind(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    from pa_rl.data import DataError, make_dataset
+
+    make_dataset("pointmaze-umaze", out_dir=str(workdir / "datasets"), size=300, progress=False)
+
+    def unfit(*args: object) -> None:
+        raise DataError("the environment does not fit the data")
+
+    monkeypatch.setattr(importlib.import_module("pa_rl.train"), "check_env", unfit)  # fails as the trainer builds its environments
+    assert main(["train", "--name", "failed", "--data-dir", "datasets", *TINY]) == 2
+    assert "the environment does not fit the data" in capsys.readouterr().err
+    assert not (workdir / "runs" / "failed").exists()  # neither blocks the name nor offers a --resume

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,26 +86,33 @@ def _train(argv: Sequence[str]) -> None:
                                       "--resume RUN continues a killed run; --trust-env MODULE:CALLABLE "
                                       "allows a data set's env entry point).")
         resume = False
+    created = not config.run_dir.exists()
     with lock_run(config.run_dir):
         if not resume and (config.run_dir / "config.json").exists():
             raise RunError(f"run {config.run_dir} already exists: continue it with --resume {config.run_dir}, pick "
                            "another --name, or delete that folder")
-        _train_locked(config, resume, known.trust_env)
+        try:
+            _train_locked(config, resume, known.trust_env)
+        except BaseException:  # a start that failed before its first checkpoint must not block its name
+            if created and not list((config.run_dir / "checkpoints").glob("ckpt-*.pt")):
+                shutil.rmtree(config.run_dir, ignore_errors=True)
+            raise
 
 
 def _train_locked(config: RunConfig, resume: bool, trust_env: Sequence[str]) -> None:
     from pa_rl.plotting import plot_runs
     from pa_rl.runs import build_agent, resolve_dataset, run_dataset, save_weights, write_config
-    from pa_rl.train import train
+    from pa_rl.train import Trainer
 
     run_dir = config.run_dir
     data = run_dataset(run_dir, trust_env) if resume else resolve_dataset(config, trust_env)
     agent = build_agent(config, data)
-    if not resume:
+    trainer = Trainer(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+    if not resume:  # only once the agent, buffers and environment are built: a resume replays it
         write_config(config, data)
     print(f"run {run_dir}: {config.policy} policy, {config.agent.objective} critic, {data.dataset_id} "
           f"({data.num_transitions} transitions), device {config.device}", file=sys.stderr)
-    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+    result = trainer.run()
     save_weights(agent, run_dir / "checkpoints" / "final.safetensors")
     plot_runs([run_dir], run_dir / "curves.png")
     print(summary_table(result.summary))
