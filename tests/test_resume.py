@@ -17,12 +17,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import pa_rl
 from pa_rl import ReplayBuffer, TrainConfig, train
 from pa_rl.checkpoint import CheckpointError, CheckpointStore
 from pa_rl.cli import main
+from pa_rl.runs import RunError, load_weights, save_weights
 from pa_rl.envs.point_goal import collect_episodes
 from pa_rl.train import EnvironmentFault, Trainer
 
@@ -179,3 +180,17 @@ def test_replay_buffer_memory_is_preallocated_and_bounded() -> None:
         for episode in episodes:
             small.add_episode(episode, 0.99, -1.0)
     assert len(small) == 50 and small.nbytes == before  # full, overwritten in place, never grown
+
+
+def test_final_weights_carry_a_sha256_that_catches_a_flipped_bit(tmp_path: Path) -> None:
+    agent, path = make_agent(), tmp_path / "final.safetensors"
+    save_weights(agent, path)
+    load_weights(make_agent(), path)
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0x10  # one bit of the last tensor's bytes
+    path.write_bytes(bytes(blob))
+    with pytest.raises(RunError, match="is damaged: its contents do not match the SHA-256 it carries"):
+        load_weights(agent, path)
+    save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, str(path))  # no checksum
+    with pytest.raises(RunError, match="carries no SHA-256"):
+        load_weights(agent, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pa_rl.agent import Agent, AgentConfig
 from pa_rl.checkpoint import write_atomically
@@ -108,17 +110,37 @@ def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
     return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
 
 
+def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order), stored in the weights
+    file's metadata: safetensors checks the header's layout but not the bytes, so a flipped bit would
+    otherwise load silently."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_weights(agent: Agent, path: Path) -> None:
-    """Write all weights (policy, critic, target, value) as safetensors, atomically."""
+    """Write all weights (policy, critic, target, value) as safetensors with their SHA-256, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sha256": weights_sha256(tensors)}))
 
 
 def load_weights(agent: Agent, path: Path) -> None:
+    """Load a weights file into ``agent`` once its SHA-256 matches the one it carries."""
     try:
-        state = load_file(str(path), device=str(agent.device))
+        with safe_open(str(path), "pt") as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own error types for damaged files
         raise RunError(f"{path} cannot be read ({error}): the weights file is damaged") from error
+    if recorded is None:
+        raise RunError(f"{path} carries no SHA-256 (written by an older pa-rl), so it cannot be verified")
+    if weights_sha256(state) != recorded:
+        raise RunError(f"{path} is damaged: its contents do not match the SHA-256 it carries (a flipped bit or a "
+                       "bad copy); use an intact copy")
     try:
         missing, unexpected = agent.load_state_dict(state, strict=False)
     except RuntimeError as error:
