@@ -106,3 +106,11 @@ def test_an_environment_that_does_not_fit_the_data_is_refused(tmp_path: Path, ma
     with pytest.raises(DataError) as error:
         Trainer(make_agent(), GOOD, make_env, CONFIG, tmp_path / "run")
     assert message in str(error.value) and "recorded in this env" in str(error.value)
+
+
+def test_a_replay_buffer_larger_than_memory_is_refused_before_allocating(tmp_path: Path) -> None:
+    config = dataclasses.replace(CONFIG, online_buffer_size=10**12)  # 10¹² · 36 bytes or so: far beyond any RAM
+    with pytest.raises(ValueError, match=r"an online replay buffer of 1,000,000,000,000 transitions needs [\d.]+ GB "
+                                         r"but .* GB are free on cpu: at most [\d,]+ fit; lower --train\.online-buffer"):
+        Trainer(make_agent(), GOOD, point_goal_env, config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pa_rl.cli import main
 from pa_rl.runs import lock_run
@@ -65,6 +66,9 @@ def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture)
     (["plot", "/nonexistent/run"], "has no metrics.csv"),
     (["train", "--agent.optimizer.top-k", "64", "--agent.optimizer.num-samples", "8"], "top_k (64) cannot exceed"),
     (["train", "--train.batch-size", "0"], "batch_size must be ≥ 1"),
+    (["train", "--device", "gpu"], "device must be cpu or cuda[:N], got 'gpu'"),
+    pytest.param(["train", "--device", "cuda"], "device 'cuda' asked for, but", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="CUDA is available here")),
 ])
 def test_errors_are_one_clear_line(workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
     assert main(argv) == 2

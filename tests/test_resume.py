@@ -3,7 +3,9 @@ foreign checkpoints are refused or skipped with a message; environment faults lo
 
 from __future__ import annotations
 
+import argparse
 import csv
+import errno
 import logging
 import os
 import re
@@ -21,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 import pa_rl
 from pa_rl import ReplayBuffer, TrainConfig, train
-from pa_rl.checkpoint import CheckpointError, CheckpointStore
+from pa_rl.checkpoint import CheckpointError, CheckpointStore, WriteError, encode
 from pa_rl.cli import main
 from pa_rl.runs import RunError, load_weights, save_weights
 from pa_rl.envs.point_goal import collect_episodes
@@ -194,3 +196,34 @@ def test_final_weights_carry_a_sha256_that_catches_a_flipped_bit(tmp_path: Path)
     save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, str(path))  # no checksum
     with pytest.raises(RunError, match="carries no SHA-256"):
         load_weights(agent, path)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save({"i": torch.tensor(1)})
+
+    def disk_full(path: Path, data: bytes) -> None:
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(WriteError, match=r"could not write .*ckpt-000002\.pt \(No space left on device\); the files "
+                                         r"written before it, the last good checkpoint among them, are intact"):
+        store.save({"i": torch.tensor(2)})
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".*.tmp"))
+    path, state = store.load_latest()
+    assert path.name == "ckpt-000001.pt" and state["i"] == 1
+
+
+def test_a_checkpoint_whose_unpickling_is_refused_is_skipped(tmp_path: Path, caplog) -> None:
+    store = CheckpointStore(tmp_path, keep=3)
+    store.save({"i": torch.tensor(1)})
+    # A valid header and checksum around a pickle that names a class: weights_only refuses it.
+    (tmp_path / "ckpt-000002.pt").write_bytes(encode({"i": argparse.Namespace(code="runs")}))
+    with caplog.at_level(logging.WARNING, logger="pa_rl"):
+        path, state = store.load_latest()
+    assert path.name == "ckpt-000001.pt" and state["i"] == 1
+    assert "ckpt-000002.pt: " in caplog.text and "was refused unread" in caplog.text
+    assert "weights_only=False" not in caplog.text

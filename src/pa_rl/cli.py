@@ -201,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (DataError, RunError, CheckpointError, EnvironmentFault, ValueError, TypeError,
-            FileNotFoundError) as error:
+    except (DataError, RunError, CheckpointError, EnvironmentFault, ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as error:  # argparse and tyro report usage errors themselves

@@ -47,6 +47,18 @@ class RunConfig:
     token: TokenConfig = field(default_factory=TokenConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
 
+    def __post_init__(self) -> None:
+        """A device this machine cannot use fails here, before any data set or model is built."""
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {self.device!r} asked for, but {why}; use --device cpu")
+
     @property
     def run_name(self) -> str:
         stem = Path(self.dataset).name if os.sep in self.dataset else self.dataset.replace("/", "_")

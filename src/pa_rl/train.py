@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pa_rl.agent import ActMode, Agent
-from pa_rl.buffer import Batch, ReplayBuffer
-from pa_rl.checkpoint import CheckpointError, CheckpointStore
+from pa_rl.buffer import Batch, ReplayBuffer, check_buffer_fits
+from pa_rl.checkpoint import CheckpointError, CheckpointStore, write_atomically
 from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
@@ -169,6 +169,7 @@ class Trainer:
             raise ValueError("resume=True needs the run_dir of the run to resume")
         self._eval_envs = [make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
         check_env(self._eval_envs[0], agent.obs_dim, low, high)
+        check_buffer_fits(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device)
         seed_everything(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         episodes = transform_rewards(episodes, config.reward_scale, config.reward_bias)
@@ -430,7 +431,8 @@ class Trainer:
                                  "env_steps": progress.env_steps,
                                  "updates_per_s": progress.updates / progress.elapsed_s if progress.elapsed_s else 0.0})
             if self.run_dir is not None:
-                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+                write_atomically(self.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(self.summary,
+                                                                                                     indent=2)))
         finally:
             self.logger.close()
             for env in self._eval_envs:
