@@ -96,11 +96,24 @@ class ExtraObservation(gym.ObservationWrapper):
         return np.append(observation, np.float32(0.0))
 
 
+class GridObservation(gym.ObservationWrapper):
+    """PointGoal with its 2-d observation as a 1 × 2 array, as image observations are multi-dimensional."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1, 2), np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation.reshape(1, 2)
+
+
 @pytest.mark.parametrize("make_env, message", [
     (lambda: gym.make("Pendulum-v1"), "action space Box(-2.0, 2.0, (1,), float32) does not match the data's 2-d"),
     (lambda: gym.make("CartPole-v1"), "action space Discrete(2) does not match the data's 2-d Box actions"),
     (lambda: gym.wrappers.RescaleAction(point_goal_env(), np.float32(-2), np.float32(2)), "action bounds [[-2. -2.], [2. 2.]] differ"),
     (lambda: ExtraObservation(point_goal_env()), "does not match the data's 2-d observations"),
+    (lambda: GridObservation(point_goal_env()), "(1, 2), float32) does not match the data's 2-d observations: pa-rl "
+                                                "needs flat Box observations (image and other multi-dimensional"),
 ])
 def test_an_environment_that_does_not_fit_the_data_is_refused(tmp_path: Path, make_env, message: str) -> None:
     with pytest.raises(DataError) as error:

@@ -116,9 +116,10 @@ def check_env(env: gym.Env, obs_dim: int, action_low: np.ndarray, action_high: n
                                                                                  atol=1e-6)):
         raise DataError(f"the environment's action bounds [{action_space.low}, {action_space.high}] differ from the "
                         f"data's [{action_low}, {action_high}]; use data recorded in this env")
-    if not isinstance(obs_space, gym.spaces.Box) or gym.spaces.flatdim(obs_space) != obs_dim:
+    if not isinstance(obs_space, gym.spaces.Box) or obs_space.shape != (obs_dim,):  # not flatdim: (64, 64, 3) images
         raise DataError(f"the environment's observation space {obs_space} does not match the data's {obs_dim}-d "
-                        "observations; flatten Dict observations (gymnasium.wrappers.FlattenObservation) and use "
+                        "observations: pa-rl needs flat Box observations (image and other multi-dimensional ones are "
+                        "not mapped yet); flatten Dict observations (gymnasium.wrappers.FlattenObservation) and use "
                         "data recorded in this env")
 
 
