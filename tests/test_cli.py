@@ -66,6 +66,7 @@ def test_data_make_train_eval_plot(workdir: Path, capsys: pytest.CaptureFixture)
     (["plot", "/nonexistent/run"], "has no metrics.csv"),
     (["train", "--agent.optimizer.top-k", "64", "--agent.optimizer.num-samples", "8"], "top_k (64) cannot exceed"),
     (["train", "--train.batch-size", "0"], "batch_size must be ≥ 1"),
+    (["train", "--resume", "runs/x", "--preset", "paper"], "drop the other options ['--preset', 'paper']"),
     (["train", "--device", "gpu"], "device must be cpu or cuda[:N], got 'gpu'"),
     pytest.param(["train", "--device", "cuda"], "device 'cuda' asked for, but", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="CUDA is available here")),

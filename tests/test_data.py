@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -275,6 +276,17 @@ def test_non_box_action_message(tmp_path: Path, monkeypatch) -> None:
     discrete = gym.spaces.Discrete(3)
     path = _write(tmp_path, monkeypatch, "test/discrete-v0", [episode], BOX_OBS, discrete)
     with pytest.raises(DataError, match="Discrete action space; pa-rl needs continuous Box"):
+        load_dataset(path)
+
+
+def test_wrong_action_dimension_message(tmp_path: Path, monkeypatch) -> None:
+    path = _write(tmp_path, monkeypatch, "test/actdim-v0", [_box_episode(450, act_dim=4)], BOX_OBS,
+                  gym.spaces.Box(-1.0, 1.0, (4,), np.float32))
+    metadata_path = Path(path) / "data" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["action_space"] = minari.serialization.serialize_space(BOX_ACT)  # now says 2-d
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=r"episode 0: stored actions of shape \(4,\), the action space says \(2,\)"):
         load_dataset(path)
 
 

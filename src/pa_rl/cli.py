@@ -71,17 +71,19 @@ def _train(argv: Sequence[str]) -> None:
     from pa_rl.runs import RunConfig, RunError, lock_run, read_config
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
     pre.add_argument("--resume", type=Path, default=None)
     add_trust_env(pre)
     known, rest = pre.parse_known_args(argv)
     if known.resume is not None:
-        if rest:
-            raise RunError(f"--resume continues a run with its own config.json; drop the other options {rest}")
+        if rest or known.preset:
+            others = [*(["--preset", known.preset] if known.preset else []), *rest]
+            raise RunError(f"--resume continues a run with its own config.json; drop the other options {others}")
         config, resume = read_config(known.resume), True
     else:
-        config = tyro.cli(RunConfig, default=PRESETS[known.preset](), args=rest, prog="pa-rl train",
-                          description=f"Train with PA-RL (defaults shown are preset {known.preset!r}; "
+        preset = known.preset or "cpu"
+        config = tyro.cli(RunConfig, default=PRESETS[preset](), args=rest, prog="pa-rl train",
+                          description=f"Train with PA-RL (defaults shown are preset {preset!r}; "
                                       f"--preset {'|'.join(sorted(PRESETS))} picks another; "
                                       "--resume RUN continues a killed run; --trust-env MODULE:CALLABLE "
                                       "allows a data set's env entry point).")

@@ -401,7 +401,12 @@ def _convert_episode(
         observations = _flatten_batch(observation_space, ep.observations)
     except DataError as e:
         raise DataError(f"Dataset {dataset_id!r}, episode {ep.id}: {e}.") from None
-    actions = np.asarray(ep.actions, dtype=np.float32).reshape(-1, *action_space.shape)
+    actions = np.asarray(ep.actions, dtype=np.float32)
+    if actions.shape[1:] != action_space.shape:  # not reshaped to fit: 900 4-d values are not 450 2-d actions
+        raise DataError(
+            f"Dataset {dataset_id!r}, episode {ep.id}: stored actions of shape {actions.shape[1:]}, the action "
+            f"space says {action_space.shape}. Record the correct action space and rewrite the dataset."
+        )
     rewards = np.asarray(ep.rewards, dtype=np.float32).reshape(-1)
     terminations = np.asarray(ep.terminations, dtype=bool).reshape(-1)
     truncations = np.asarray(ep.truncations, dtype=bool).reshape(-1)
