@@ -174,3 +174,12 @@ def test_a_failed_start_leaves_no_run_behind(workdir: Path, monkeypatch: pytest.
     assert main(["train", "--name", "failed", "--data-dir", "datasets", *TINY]) == 2
     assert "the environment does not fit the data" in capsys.readouterr().err
     assert not (workdir / "runs" / "failed").exists()  # neither blocks the name nor offers a --resume
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+def test_output_into_a_closed_pipe_is_not_an_error(workdir: Path, argv: list[str]) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "pa_rl.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()  # the reader is gone before anything is printed, as `| head` is after its lines
+    assert proc.wait(timeout=120) == 0
+    assert "Broken pipe" not in proc.stderr.read()

@@ -191,6 +191,16 @@ COMMANDS = {"data": _data, "train": _train, "eval": _eval, "plot": _plot}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit-time flush
+    except BrokenPipeError:  # the reader stopped reading (`pa-rl --help | head`): nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(DESCRIPTION, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
@@ -203,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         COMMANDS[argv[0]](argv[1:])
+    except BrokenPipeError:
+        raise
     except (DataError, RunError, CheckpointError, EnvironmentFault, ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
