@@ -162,7 +162,7 @@ def test_dataset_info(maze_path: str) -> None:
 
 
 def test_existing_dataset_is_kept_unless_overwrite(maze_path: str, root: Path) -> None:
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(DataError, match=r"already exists at .*pass --overwrite \(overwrite=True in Python\)"):
         make_dataset("pointmaze-umaze", out_dir=str(root), size=MAZE_SIZE, progress=False)
     assert load_dataset(maze_path).num_transitions == MAZE_SIZE
 
@@ -179,7 +179,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
         make_dataset("pointmaze-umaze", out_dir=str(tmp_path), size=50, progress=False)
     leftovers = [p for p in tmp_path.rglob("*") if p.name != "pa-rl"]
     assert leftovers == []
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="No data set named"):
         load_dataset(str(tmp_path / "pa-rl" / "pointmaze-umaze-v0"))
 
 

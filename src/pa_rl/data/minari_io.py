@@ -207,11 +207,7 @@ def write_dataset(
     namespace = parse_dataset_id(dataset_id)[0]
     root = (Path(out_dir) if out_dir is not None else datasets_root()).resolve()  # minari needs it absolute
     final = root / dataset_id
-    if final.exists() and not overwrite:
-        raise DataError(
-            f"Dataset {dataset_id!r} already exists at {final}. Delete that directory, choose "
-            "another out_dir, or pass overwrite=True."
-        )
+    refuse_existing(dataset_id, final, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=".pa-rl-tmp-", dir=root))
     try:
@@ -242,6 +238,15 @@ def write_dataset(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return str(final)
+
+
+def refuse_existing(dataset_id: str, path: Path, overwrite: bool) -> None:
+    """An existing data set is only replaced when asked to (the message names the CLI flag and the argument)."""
+    if path.exists() and not overwrite:
+        raise DataError(
+            f"Dataset {dataset_id!r} already exists at {path}. Delete that directory, choose another --out, or "
+            "pass --overwrite (overwrite=True in Python)."
+        )
 
 
 @contextlib.contextmanager

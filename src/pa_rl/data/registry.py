@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pa_rl.data.generator import Generated
-from pa_rl.data.minari_io import DataError, datasets_root, load_dataset
+from pa_rl.data.minari_io import DataError, datasets_root, load_dataset, refuse_existing
 
 Generator = Callable[..., Generated]
 
@@ -71,12 +71,8 @@ def make_dataset(
     if size is not None and size < 1:
         raise DataError(f"size must be a positive number of transitions, got {size}.")
     dataset_id = f"pa-rl/{name}-v0"
-    existing = Path(out_dir if out_dir is not None else datasets_root()) / dataset_id
-    if existing.exists() and not overwrite:  # checked before, not after, a long generation
-        raise DataError(
-            f"Dataset {dataset_id!r} already exists at {existing}. Delete that directory, choose "
-            "another out_dir, or pass overwrite=True."
-        )
+    # checked before, not after, a long generation
+    refuse_existing(dataset_id, Path(out_dir if out_dir is not None else datasets_root()) / dataset_id, overwrite)
     generated = generators[name](size=size, seed=seed, progress=progress)
     return generated.write(dataset_id, out_dir=out_dir, overwrite=overwrite)
 
