@@ -176,6 +176,12 @@ def test_a_failed_start_leaves_no_run_behind(workdir: Path, monkeypatch: pytest.
     assert not (workdir / "runs" / "failed").exists()  # neither blocks the name nor offers a --resume
 
 
+def test_no_notices_of_other_packages_on_every_command(workdir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pa_rl.cli", "data", "list"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "pointmaze-umaze" in proc.stdout
+    assert proc.stderr == ""  # gymnasium-robotics prints an Adroit reward notice as it is imported
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
 def test_output_into_a_closed_pipe_is_not_an_error(workdir: Path, argv: list[str]) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pa_rl.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
