@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import gymnasium as gym
@@ -181,6 +183,16 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     assert leftovers == []
     with pytest.raises(DataError, match="No data set named"):
         load_dataset(str(tmp_path / "pa-rl" / "pointmaze-umaze-v0"))
+
+
+def test_a_killed_write_leaves_nothing_behind_for_long(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID no process has any more, as a killed `data make` leaves behind
+    orphan, live = tmp_path / f".pa-rl-tmp-{gone.pid}-abc", tmp_path / f".pa-rl-tmp-{os.getpid()}-def"
+    for folder in (orphan, live):
+        (folder / "pa-rl").mkdir(parents=True)
+    make_dataset("pointmaze-umaze", out_dir=str(tmp_path), size=50, progress=False)
+    assert not orphan.exists() and live.exists()  # a write under way keeps its folder
 
 
 def test_overwrite_replaces(tmp_path: Path) -> None:

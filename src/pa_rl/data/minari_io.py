@@ -31,6 +31,9 @@ from pa_rl.data.episodes import DataError, Episode, check_episode
 
 __all__ = ["DataError", "LoadedDataset", "load_dataset", "write_dataset", "datasets_root"]
 
+TMP_PREFIX = ".pa-rl-tmp-"  # then the writer's PID: .pa-rl-tmp-<pid>-<random>/
+
+
 def datasets_root() -> Path:
     """Minari's local dataset root: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``."""
     return Path(get_dataset_path())
@@ -202,14 +205,16 @@ def write_dataset(
 
     Uses ``minari.create_dataset_from_buffers`` (no jax). The dataset is written into a hidden
     temporary root next to the destination and renamed into place only once complete, so a crash
-    never leaves a partial dataset under a loadable id.
+    never leaves a partial dataset under a loadable id; the next write into that root removes a
+    killed write's temporary root.
     """
     namespace = parse_dataset_id(dataset_id)[0]
     root = (Path(out_dir) if out_dir is not None else datasets_root()).resolve()  # minari needs it absolute
     final = root / dataset_id
     refuse_existing(dataset_id, final, overwrite)
     root.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".pa-rl-tmp-", dir=root))
+    _remove_orphaned_temporaries(root)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
     try:
         with _minari_root(tmp_root), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`(code_permalink|author_email)` is set")
@@ -238,6 +243,25 @@ def write_dataset(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return str(final)
+
+
+def _remove_orphaned_temporaries(root: Path) -> None:
+    """Remove the temporary roots of writes whose process is gone (a killed ``pa-rl data make``);
+    each is named after its writer's PID, so another write under way keeps its own."""
+    for tmp in root.glob(f"{TMP_PREFIX}*"):
+        pid = tmp.name[len(TMP_PREFIX):].partition("-")[0]
+        if not (pid.isdigit() and _running(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def refuse_existing(dataset_id: str, path: Path, overwrite: bool) -> None:
