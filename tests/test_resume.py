@@ -227,3 +227,30 @@ def test_a_checkpoint_whose_unpickling_is_refused_is_skipped(tmp_path: Path, cap
     assert path.name == "ckpt-000001.pt" and state["i"] == 1
     assert "ckpt-000002.pt: " in caplog.text and "was refused unread" in caplog.text
     assert "weights_only=False" not in caplog.text
+
+
+def test_checkpoints_by_wall_clock_keep_a_killed_phase_and_resume_exactly(tmp_path: Path, monkeypatch) -> None:
+    # Never by count (checkpoint_every beyond the phase), only by wall clock: here after every update. BC alone.
+    clock = {"bc_steps": 12, "offline_steps": 0, "online_env_steps": 0, "checkpoint_every": 10_000,
+             "checkpoint_minutes": 1e-9}
+    reference = small_run(tmp_path / "reference", **clock)
+    reference.run()
+    real = pa_rl.Agent.bc_update
+    calls = iter(range(1, 100))
+
+    def killed_at_the_ninth(agent, batch):
+        if next(calls) == 9:
+            raise KeyboardInterrupt  # stands for a kill late in BC
+        return real(agent, batch)
+
+    monkeypatch.setattr(pa_rl.Agent, "bc_update", killed_at_the_ninth)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path / "killed", **clock).run()
+    monkeypatch.undo()
+    _, state = CheckpointStore(tmp_path / "killed" / "run" / "checkpoints").load_latest()
+    assert (state["progress"]["phase"], state["progress"]["step"]) == ("bc", 8)  # the phase's work is kept
+    resumed = small_run(tmp_path / "killed", resume=True, **clock)
+    resumed.run()
+    assert (tmp_path / "killed/run/metrics.csv").read_text() == (tmp_path / "reference/run/metrics.csv").read_text()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.agent.state_dict().values(),
+                                                  reference.agent.state_dict().values()))

@@ -57,6 +57,7 @@ class TrainConfig:
     reward_scale: float = 1.0  # r' = reward_scale · r + reward_bias, for data and env alike
     reward_bias: float = 0.0
     checkpoint_every: int = 5_000  # updates (BC, offline) or env steps (online, at the next episode end)
+    checkpoint_minutes: float = 5.0  # also after this much wall clock (online: at the next episode end); 0 = off
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     log_every: int = 100
     progress: bool = True
@@ -70,6 +71,7 @@ class TrainConfig:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {self.mixing_ratio}")
         if not (np.isfinite(self.reward_scale) and np.isfinite(self.reward_bias)):
             raise ValueError(f"reward_scale and reward_bias must be finite, got {self.reward_scale}, {self.reward_bias}")
+        require(self, "checkpoint_minutes", at_least=0)
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Trainer:
             self.logger = MetricsLogger(run_dir, checkpoint["metrics_rows"], checkpoint["evaluations"],
                                         checkpoint["progress"]["updates"])
             self._restore(checkpoint)
-        self._session_start = time.perf_counter()
+        self._session_start = self._last_checkpoint = time.perf_counter()
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -210,7 +212,14 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        self._last_checkpoint = time.perf_counter()
         return None if self.checkpoints is None else self.checkpoints.save(self.state_dict())
+
+    def _checkpoint_due(self) -> bool:
+        """By wall clock, so a phase shorter than ``checkpoint_every`` is not lost whole to a kill. A checkpoint
+        only reads the run's state, so when one is written does not change what the run computes."""
+        minutes = self.config.checkpoint_minutes
+        return minutes > 0 and time.perf_counter() - self._last_checkpoint >= 60 * minutes
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         import pa_rl
@@ -287,7 +296,7 @@ class Trainer:
         budget = cfg.bc_steps if phase == "bc" else cfg.offline_steps
         if phase == "offline" and progress.step % cfg.eval_every == 0 and progress.step < budget:
             bar.set_postfix(self.evaluate("offline"))
-        if progress.step % cfg.checkpoint_every == 0:
+        if progress.step % cfg.checkpoint_every == 0 or self._checkpoint_due():
             self.save_checkpoint()
 
     # ---- phases ---------------------------------------------------------------------------------
@@ -331,7 +340,8 @@ class Trainer:
                     self._store_episode(episode)
                     if self.progress.episodes > cfg.warmup_episodes:
                         self._online_updates(len(episode))
-                    if before // cfg.checkpoint_every < self.progress.step // cfg.checkpoint_every:
+                    crossed = before // cfg.checkpoint_every < self.progress.step // cfg.checkpoint_every
+                    if crossed or self._checkpoint_due():
                         self.save_checkpoint()
         finally:
             env.close()
