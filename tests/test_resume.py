@@ -254,3 +254,26 @@ def test_checkpoints_by_wall_clock_keep_a_killed_phase_and_resume_exactly(tmp_pa
     assert (tmp_path / "killed/run/metrics.csv").read_text() == (tmp_path / "reference/run/metrics.csv").read_text()
     assert all(torch.equal(a, b) for a, b in zip(resumed.agent.state_dict().values(),
                                                   reference.agent.state_dict().values()))
+
+
+def test_a_resume_leaves_one_tensorboard_point_per_metric_and_step(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pa_rl.logging import MetricsLogger
+
+    logger = MetricsLogger(tmp_path)
+    logger.log("offline", 1, 0, {"loss": 1.0})
+    logger.log("offline", 2, 0, {"loss": 2.0})
+    rows = logger.rows  # a checkpoint at update 2 ...
+    logger.log("online", 2, 40, {"episode_return": -3.0})  # ... then a warm-up episode logged at the same update
+    logger.log("online", 3, 80, {"loss": 4.0})
+    logger.close()
+    time.sleep(1.1)  # TensorBoard names event files by the second
+    resumed = MetricsLogger(tmp_path, rows, [], step=2)  # killed and resumed from that checkpoint
+    resumed.log("online", 2, 40, {"episode_return": -3.0})
+    resumed.log("online", 3, 80, {"loss": 4.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 4.0)]
+    assert [(e.step, e.value) for e in events.Scalars("episode_return")] == [(2, -3.0)]
