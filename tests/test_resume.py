@@ -25,6 +25,7 @@ import pa_rl
 from pa_rl import ReplayBuffer, TrainConfig, train
 from pa_rl.checkpoint import CheckpointError, CheckpointStore, WriteError, encode
 from pa_rl.cli import main
+from pa_rl.progress import progress_bar
 from pa_rl.runs import RunError, load_weights, save_weights
 from pa_rl.envs.point_goal import collect_episodes
 from pa_rl.train import EnvironmentFault, Trainer
@@ -277,3 +278,13 @@ def test_a_resume_leaves_one_tensorboard_point_per_metric_and_step(tmp_path: Pat
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 4.0)]
     assert [(e.step, e.value) for e in events.Scalars("episode_return")] == [(2, -3.0)]
+
+
+def test_progress_in_a_log_file_is_lines_not_bar_frames(tmp_path: Path, capsys, monkeypatch) -> None:
+    small_run(tmp_path, progress=True, online_env_steps=0).run()  # stderr is captured here: not a terminal
+    assert "\r" not in capsys.readouterr().err
+    monkeypatch.setattr(time, "monotonic", iter(range(0, 1000, 20)).__next__)  # 20 s between calls
+    with progress_bar(300, "bc") as bar:
+        bar.set_postfix({"loss": 0.123456, "phase": "bc"})
+        bar.update(100)
+    assert capsys.readouterr().err == "bc: 100/300 (33%), 5/s, loss=0.123, phase=bc\n"

@@ -137,14 +137,13 @@ class ReplayBuffer:
         only episode ends are drawn twice and the cache costs about one draw per transition.
         Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
         """
-        from tqdm.auto import tqdm
+        from pa_rl.progress import progress_bar
 
         obs, next_obs = self.storage["obs"][: self.size], self.storage["next_obs"][: self.size]
         shared = torch.zeros(self.size, dtype=torch.bool, device=self.device)
         shared[:-1] = (next_obs[:-1] == obs[1:]).all(dim=1)
         ends = next_obs[~shared]
-        with tqdm(total=self.size + len(ends), desc="caching policy samples", disable=not progress,
-                  leave=False) as bar:
+        with progress_bar(self.size + len(ends), "caching policy samples", progress, leave=False) as bar:
             def draw(states: torch.Tensor) -> torch.Tensor:
                 parts = []
                 for start in range(0, len(states), chunk):

@@ -23,6 +23,7 @@ from pa_rl.checkpoint import CheckpointError, CheckpointStore, write_atomically
 from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
+from pa_rl.progress import progress_bar
 from pa_rl.validation import require
 
 log = logging.getLogger("pa_rl")
@@ -272,8 +273,7 @@ class Trainer:
         return Batch.cat([p for p in parts if len(p)])
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, initial=self.progress.step, desc=desc, disable=not self.config.progress,
-                    dynamic_ncols=True, leave=False)
+        return progress_bar(total, desc, self.config.progress, self.progress.step, dynamic_ncols=True, leave=False)
 
     def evaluate(self, phase: str, modes: Sequence[tuple[str, ActMode]] = (("pa_rl", "argmax"), ("policy", "policy"))
                  ) -> dict[str, float]:
