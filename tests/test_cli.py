@@ -189,3 +189,14 @@ def test_output_into_a_closed_pipe_is_not_an_error(workdir: Path, argv: list[str
     proc.stdout.close()  # the reader is gone before anything is printed, as `| head` is after its lines
     assert proc.wait(timeout=120) == 0
     assert "Broken pipe" not in proc.stderr.read()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_a_cuda_run_is_evaluated_on_cpu_with_device_cpu(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    run = workdir / "runs" / "gpu"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {"device": "cuda"}}))
+    assert main(["eval", str(run)]) == 2
+    assert "device 'cuda' asked for, but" in capsys.readouterr().err
+    assert main(["eval", str(run), "--device", "cpu"]) == 2  # past the device: this run has no weights
+    assert "has no final weights" in capsys.readouterr().err

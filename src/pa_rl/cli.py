@@ -151,14 +151,10 @@ def _eval(argv: Sequence[str]) -> None:
         parser.error("--episodes and --video-episodes must be ≥ 1")
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-    import dataclasses
-
     from pa_rl.evaluation import evaluate, record_video
     from pa_rl.runs import RunError, build_agent, load_weights, read_config, resolve_dataset
 
-    config = read_config(args.run)
-    if args.device:
-        config = dataclasses.replace(config, device=args.device)
+    config = read_config(args.run, args.device)
     weights = args.run / "checkpoints" / "final.safetensors"
     if not weights.is_file():
         raise RunError(f"{args.run} has no final weights ({weights}): the run did not finish")

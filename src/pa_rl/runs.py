@@ -219,6 +219,9 @@ def run_dataset(run_dir: Path, trust_env: Sequence[str] = ()) -> LoadedDataset:
     return data
 
 
-def read_config(run_dir: Path) -> RunConfig:
-    config = from_jsonable(RunConfig, _read_payload(run_dir)["config"])
+def read_config(run_dir: Path, device: str | None = None) -> RunConfig:
+    """The run's config; ``device`` replaces the recorded one before it is checked, so a run trained
+    on CUDA can be evaluated on a machine without it."""
+    recorded = _read_payload(run_dir)["config"]
+    config = from_jsonable(RunConfig, recorded if device is None else {**recorded, "device": device})
     return dataclasses.replace(config, runs_dir=Path(run_dir).parent, name=Path(run_dir).name)
