@@ -246,7 +246,7 @@ def test_mistyped_name_message(maze_path: str, root: Path, monkeypatch) -> None:
             load_dataset(typo)
         message = str(err.value)
         assert message.startswith(f"No data set named {typo!r} (close names: ")
-        assert f"Local Minari ids under {root}: pa-rl/pointmaze-umaze-v0." in message
+        assert "pa-rl/pointmaze-umaze-v0" in message.split(f"Local Minari ids under {root}: ")[1].split(". ")[0]
         assert "`pa-rl data make NAME`" in message
     assert "pointmaze-umaze," in message and "pa-rl/pointmaze-umaze-v0" in message.split("; looked at")[0]
 
