@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -70,6 +71,13 @@ def test_pointmaze_loads_with_minari_and_ours(maze_path: str, root: Path, monkey
     assert by_id.dataset_id == by_path.dataset_id == "pa-rl/pointmaze-umaze-v0"
     _check_episode_layout(by_path, obs_dim=4, act_dim=2, size=MAZE_SIZE)
     assert np.array_equal(by_id.episodes[0].observations, by_path.episodes[0].observations)
+
+
+def test_a_built_in_data_set_is_trusted_in_a_fresh_process(maze_path: str) -> None:
+    # As `pa-rl train --resume` loads it: by path, before anything has imported gymnasium-robotics.
+    code = f"from pa_rl.data.minari_io import load_dataset; print(load_dataset({maze_path!r}).num_transitions)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(MAZE_SIZE), proc.stderr
 
 
 def test_pointmaze_rewards_are_against_the_fixed_eval_goal(maze_path: str) -> None:

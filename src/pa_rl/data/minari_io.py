@@ -350,6 +350,8 @@ def untrusted_entry_points(metadata: dict) -> list[str]:
     """Entry points that ``gym.make`` would import for the recorded env specs and that nobody vetted:
     an env entry point other than pa-rl's own or the one its id is registered with in gymnasium,
     and wrappers outside ``gymnasium.wrappers`` and pa-rl."""
+    with contextlib.suppress(ImportError):  # registers gymnasium-robotics' ids, whatever was imported before
+        import pa_rl.data.pointmaze  # noqa: F401
     found = []
     for key in ("env_spec", "eval_env_spec"):
         if metadata.get(key) is None:
