@@ -96,13 +96,34 @@ class ExtraObservation(gym.ObservationWrapper):
         return np.append(observation, np.float32(0.0))
 
 
+class GridObservation(gym.ObservationWrapper):
+    """PointGoal with its 2-d observation as a 1 × 2 array, as image observations are multi-dimensional."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1, 2), np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation.reshape(1, 2)
+
+
 @pytest.mark.parametrize("make_env, message", [
     (lambda: gym.make("Pendulum-v1"), "action space Box(-2.0, 2.0, (1,), float32) does not match the data's 2-d"),
     (lambda: gym.make("CartPole-v1"), "action space Discrete(2) does not match the data's 2-d Box actions"),
     (lambda: gym.wrappers.RescaleAction(point_goal_env(), np.float32(-2), np.float32(2)), "action bounds [[-2. -2.], [2. 2.]] differ"),
     (lambda: ExtraObservation(point_goal_env()), "does not match the data's 2-d observations"),
+    (lambda: GridObservation(point_goal_env()), "(1, 2), float32) does not match the data's 2-d observations: pa-rl "
+                                                "needs flat Box observations (image and other multi-dimensional"),
 ])
 def test_an_environment_that_does_not_fit_the_data_is_refused(tmp_path: Path, make_env, message: str) -> None:
     with pytest.raises(DataError) as error:
         Trainer(make_agent(), GOOD, make_env, CONFIG, tmp_path / "run")
     assert message in str(error.value) and "recorded in this env" in str(error.value)
+
+
+def test_a_replay_buffer_larger_than_memory_is_refused_before_allocating(tmp_path: Path) -> None:
+    config = dataclasses.replace(CONFIG, online_buffer_size=10**12)  # 10¹² · 36 bytes or so: far beyond any RAM
+    with pytest.raises(ValueError, match=r"an online replay buffer of 1,000,000,000,000 transitions needs [\d.]+ GB "
+                                         r"but .* GB are free on cpu: at most [\d,]+ fit; lower --train\.online-buffer"):
+        Trainer(make_agent(), GOOD, point_goal_env, config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

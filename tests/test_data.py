@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -67,6 +71,13 @@ def test_pointmaze_loads_with_minari_and_ours(maze_path: str, root: Path, monkey
     assert by_id.dataset_id == by_path.dataset_id == "pa-rl/pointmaze-umaze-v0"
     _check_episode_layout(by_path, obs_dim=4, act_dim=2, size=MAZE_SIZE)
     assert np.array_equal(by_id.episodes[0].observations, by_path.episodes[0].observations)
+
+
+def test_a_built_in_data_set_is_trusted_in_a_fresh_process(maze_path: str) -> None:
+    # As `pa-rl train --resume` loads it: by path, before anything has imported gymnasium-robotics.
+    code = f"from pa_rl.data.minari_io import load_dataset; print(load_dataset({maze_path!r}).num_transitions)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(MAZE_SIZE), proc.stderr
 
 
 def test_pointmaze_rewards_are_against_the_fixed_eval_goal(maze_path: str) -> None:
@@ -161,7 +172,7 @@ def test_dataset_info(maze_path: str) -> None:
 
 
 def test_existing_dataset_is_kept_unless_overwrite(maze_path: str, root: Path) -> None:
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(DataError, match=r"already exists at .*pass --overwrite \(overwrite=True in Python\)"):
         make_dataset("pointmaze-umaze", out_dir=str(root), size=MAZE_SIZE, progress=False)
     assert load_dataset(maze_path).num_transitions == MAZE_SIZE
 
@@ -178,8 +189,18 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
         make_dataset("pointmaze-umaze", out_dir=str(tmp_path), size=50, progress=False)
     leftovers = [p for p in tmp_path.rglob("*") if p.name != "pa-rl"]
     assert leftovers == []
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="No data set named"):
         load_dataset(str(tmp_path / "pa-rl" / "pointmaze-umaze-v0"))
+
+
+def test_a_killed_write_leaves_nothing_behind_for_long(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID no process has any more, as a killed `data make` leaves behind
+    orphan, live = tmp_path / f".pa-rl-tmp-{gone.pid}-abc", tmp_path / f".pa-rl-tmp-{os.getpid()}-def"
+    for folder in (orphan, live):
+        (folder / "pa-rl").mkdir(parents=True)
+    make_dataset("pointmaze-umaze", out_dir=str(tmp_path), size=50, progress=False)
+    assert not orphan.exists() and live.exists()  # a write under way keeps its folder
 
 
 def test_overwrite_replaces(tmp_path: Path) -> None:
@@ -226,6 +247,18 @@ def test_missing_dataset_message(tmp_path: Path, monkeypatch) -> None:
         load_dataset(str(tmp_path))
 
 
+def test_mistyped_name_message(maze_path: str, root: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    for typo in ("pointmaze-umze", "pa-rl/pointmaze-umaze"):  # the second is an id without its version
+        with pytest.raises(DataError) as err:
+            load_dataset(typo)
+        message = str(err.value)
+        assert message.startswith(f"No data set named {typo!r} (close names: ")
+        assert "pa-rl/pointmaze-umaze-v0" in message.split(f"Local Minari ids under {root}: ")[1].split(". ")[0]
+        assert "`pa-rl data make NAME`" in message
+    assert "pointmaze-umaze," in message and "pa-rl/pointmaze-umaze-v0" in message.split("; looked at")[0]
+
+
 def test_unknown_name_message() -> None:
     with pytest.raises(DataError, match="Unknown dataset name 'pointmaze-tiny'.*pointmaze-umaze"):
         make_dataset("pointmaze-tiny")
@@ -263,6 +296,17 @@ def test_non_box_action_message(tmp_path: Path, monkeypatch) -> None:
     discrete = gym.spaces.Discrete(3)
     path = _write(tmp_path, monkeypatch, "test/discrete-v0", [episode], BOX_OBS, discrete)
     with pytest.raises(DataError, match="Discrete action space; pa-rl needs continuous Box"):
+        load_dataset(path)
+
+
+def test_wrong_action_dimension_message(tmp_path: Path, monkeypatch) -> None:
+    path = _write(tmp_path, monkeypatch, "test/actdim-v0", [_box_episode(450, act_dim=4)], BOX_OBS,
+                  gym.spaces.Box(-1.0, 1.0, (4,), np.float32))
+    metadata_path = Path(path) / "data" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["action_space"] = minari.serialization.serialize_space(BOX_ACT)  # now says 2-d
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=r"episode 0: stored actions of shape \(4,\), the action space says \(2,\)"):
         load_dataset(path)
 
 

@@ -3,7 +3,9 @@ foreign checkpoints are refused or skipped with a message; environment faults lo
 
 from __future__ import annotations
 
+import argparse
 import csv
+import errno
 import logging
 import os
 import re
@@ -17,12 +19,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import pa_rl
 from pa_rl import ReplayBuffer, TrainConfig, train
-from pa_rl.checkpoint import CheckpointError, CheckpointStore
+from pa_rl.checkpoint import CheckpointError, CheckpointStore, WriteError, encode
 from pa_rl.cli import main
+from pa_rl.progress import progress_bar
+from pa_rl.runs import RunError, load_weights, save_weights
 from pa_rl.envs.point_goal import collect_episodes
 from pa_rl.train import EnvironmentFault, Trainer
 
@@ -179,3 +183,108 @@ def test_replay_buffer_memory_is_preallocated_and_bounded() -> None:
         for episode in episodes:
             small.add_episode(episode, 0.99, -1.0)
     assert len(small) == 50 and small.nbytes == before  # full, overwritten in place, never grown
+
+
+def test_final_weights_carry_a_sha256_that_catches_a_flipped_bit(tmp_path: Path) -> None:
+    agent, path = make_agent(), tmp_path / "final.safetensors"
+    save_weights(agent, path)
+    load_weights(make_agent(), path)
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0x10  # one bit of the last tensor's bytes
+    path.write_bytes(bytes(blob))
+    with pytest.raises(RunError, match="is damaged: its contents do not match the SHA-256 it carries"):
+        load_weights(agent, path)
+    save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, str(path))  # no checksum
+    with pytest.raises(RunError, match="carries no SHA-256"):
+        load_weights(agent, path)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save({"i": torch.tensor(1)})
+
+    def disk_full(path: Path, data: bytes) -> None:
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(WriteError, match=r"could not write .*ckpt-000002\.pt \(No space left on device\); the files "
+                                         r"written before it, the last good checkpoint among them, are intact"):
+        store.save({"i": torch.tensor(2)})
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".*.tmp"))
+    path, state = store.load_latest()
+    assert path.name == "ckpt-000001.pt" and state["i"] == 1
+
+
+def test_a_checkpoint_whose_unpickling_is_refused_is_skipped(tmp_path: Path, caplog) -> None:
+    store = CheckpointStore(tmp_path, keep=3)
+    store.save({"i": torch.tensor(1)})
+    # A valid header and checksum around a pickle that names a class: weights_only refuses it.
+    (tmp_path / "ckpt-000002.pt").write_bytes(encode({"i": argparse.Namespace(code="runs")}))
+    with caplog.at_level(logging.WARNING, logger="pa_rl"):
+        path, state = store.load_latest()
+    assert path.name == "ckpt-000001.pt" and state["i"] == 1
+    assert "ckpt-000002.pt: " in caplog.text and "was refused unread" in caplog.text
+    assert "weights_only=False" not in caplog.text
+
+
+def test_checkpoints_by_wall_clock_keep_a_killed_phase_and_resume_exactly(tmp_path: Path, monkeypatch) -> None:
+    # Never by count (checkpoint_every beyond the phase), only by wall clock: here after every update. BC alone.
+    clock = {"bc_steps": 12, "offline_steps": 0, "online_env_steps": 0, "checkpoint_every": 10_000,
+             "checkpoint_minutes": 1e-9}
+    reference = small_run(tmp_path / "reference", **clock)
+    reference.run()
+    real = pa_rl.Agent.bc_update
+    calls = iter(range(1, 100))
+
+    def killed_at_the_ninth(agent, batch):
+        if next(calls) == 9:
+            raise KeyboardInterrupt  # stands for a kill late in BC
+        return real(agent, batch)
+
+    monkeypatch.setattr(pa_rl.Agent, "bc_update", killed_at_the_ninth)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path / "killed", **clock).run()
+    monkeypatch.undo()
+    _, state = CheckpointStore(tmp_path / "killed" / "run" / "checkpoints").load_latest()
+    assert (state["progress"]["phase"], state["progress"]["step"]) == ("bc", 8)  # the phase's work is kept
+    resumed = small_run(tmp_path / "killed", resume=True, **clock)
+    resumed.run()
+    assert (tmp_path / "killed/run/metrics.csv").read_text() == (tmp_path / "reference/run/metrics.csv").read_text()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.agent.state_dict().values(),
+                                                  reference.agent.state_dict().values()))
+
+
+def test_a_resume_leaves_one_tensorboard_point_per_metric_and_step(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pa_rl.logging import MetricsLogger
+
+    logger = MetricsLogger(tmp_path)
+    logger.log("offline", 1, 0, {"loss": 1.0})
+    logger.log("offline", 2, 0, {"loss": 2.0})
+    rows = logger.rows  # a checkpoint at update 2 ...
+    logger.log("online", 2, 40, {"episode_return": -3.0})  # ... then a warm-up episode logged at the same update
+    logger.log("online", 3, 80, {"loss": 4.0})
+    logger.close()
+    time.sleep(1.1)  # TensorBoard names event files by the second
+    resumed = MetricsLogger(tmp_path, rows, [], step=2)  # killed and resumed from that checkpoint
+    resumed.log("online", 2, 40, {"episode_return": -3.0})
+    resumed.log("online", 3, 80, {"loss": 4.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 4.0)]
+    assert [(e.step, e.value) for e in events.Scalars("episode_return")] == [(2, -3.0)]
+
+
+def test_progress_in_a_log_file_is_lines_not_bar_frames(tmp_path: Path, capsys, monkeypatch) -> None:
+    small_run(tmp_path, progress=True, online_env_steps=0).run()  # stderr is captured here: not a terminal
+    assert "\r" not in capsys.readouterr().err
+    monkeypatch.setattr(time, "monotonic", iter(range(0, 1000, 20)).__next__)  # 20 s between calls
+    with progress_bar(300, "bc") as bar:
+        bar.set_postfix({"loss": 0.123456, "phase": "bc"})
+        bar.update(100)
+    assert capsys.readouterr().err == "bc: 100/300 (33%), 5/s, loss=0.123, phase=bc\n"

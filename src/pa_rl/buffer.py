@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,15 +157,14 @@ class ReplayBuffer:
         only episode ends are drawn twice and the cache costs about one draw per transition.
         Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
         """
-        from tqdm.auto import tqdm
+        from pa_rl.progress import progress_bar
 
         obs, next_obs = self.storage["obs"][: self.size], self.storage["next_obs"][: self.size]
         n = self.n_step
         shared = torch.zeros(self.size, dtype=torch.bool, device=self.device)
         shared[:-n] = (next_obs[:-n] == obs[n:]).all(dim=1)
         ends = next_obs[~shared]
-        with tqdm(total=self.size + len(ends), desc="caching policy samples", disable=not progress,
-                  leave=False) as bar:
+        with progress_bar(self.size + len(ends), "caching policy samples", progress, leave=False) as bar:
             def draw(states: torch.Tensor) -> torch.Tensor:
                 parts = []
                 for start in range(0, len(states), chunk):
@@ -193,3 +194,25 @@ class ReplayBuffer:
         for episode in episodes:
             buffer.add_episode(episode, gamma, floor)
         return buffer
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can be allocated now: free GPU memory, or the kernel's MemAvailable estimate."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_buffer_fits(capacity: int, obs_dim: int, action_dim: int, device: str | torch.device) -> None:
+    """Refuse, before allocating, a replay buffer larger than the free memory, saying what fits:
+    allocating it would fail with a raw allocator error, or be killed by the OOM killer later."""
+    device = torch.device(device)
+    per_transition = ReplayBuffer.bytes_per_transition(obs_dim, action_dim)
+    free = free_memory(device)
+    if capacity * per_transition > free:
+        raise ValueError(f"an online replay buffer of {capacity:,} transitions needs "
+                         f"{capacity * per_transition / 1e9:.1f} GB but {free / 1e9:.1f} GB are free on {device}: at "
+                         f"most {free // per_transition:,} fit; lower --train.online-buffer-size")

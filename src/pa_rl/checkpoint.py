@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -31,15 +32,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: damaged, or written by another config or version."""
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a lost mount); what was on disk before stays intact."""
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` to a temporary file, fsync it, rename it over ``path`` and fsync the folder:
-    readers never see half a file, and a completed rename survives a power cut."""
+    readers never see half a file, and a completed rename survives a power cut. A failed write
+    (``WriteError``, naming ``path``) removes its temporary file and leaves ``path`` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {path} ({error.strerror or error}); the files written before it, "
+                         "the last good checkpoint among them, are intact") from error
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -64,7 +75,11 @@ def decode(blob: bytes, source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source} has checkpoint format {int(parts[1])}; this pa-rl reads format {FORMAT}")
     if hashlib.sha256(payload).hexdigest().encode() != parts[2]:
         raise CheckpointError(f"{source} is damaged: its checksum does not match (truncated or overwritten)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's own message would suggest the unsafe weights_only=False
+        raise CheckpointError(f"{source} holds objects other than tensors and plain values, which pa-rl never "
+                              "writes; it was refused unread (loading it could run code)") from error
 
 
 class CheckpointStore:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pa_rl.runs import RunConfig
 
 DESCRIPTION = """Policy-agnostic RL (PA-RL): offline RL and online fine-tuning of any policy class.
 
@@ -20,6 +25,12 @@ commands:
   pa-rl eval RUN [--video FILE]       evaluate a saved run
   pa-rl plot RUN... [--out FILE]      overlay learning curves of runs
 """
+
+
+def add_trust_env(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-env", action="append", default=[], metavar="MODULE:CALLABLE",
+                        help="allow the data set's recorded env to import this entry point (repeatable); "
+                             "a data set can run code through it, so only for data sets you trust")
 
 
 def _data(argv: Sequence[str]) -> None:
@@ -38,6 +49,7 @@ def _data(argv: Sequence[str]) -> None:
     info = sub.add_parser("info", help="statistics of a data set")
     info.add_argument("dataset", help="built-in name, Minari id or dataset directory")
     info.add_argument("--data-dir", default=None, help="root folder holding built-in data sets")
+    add_trust_env(info)
     args = parser.parse_args(argv)
     if args.action == "list":
         print("\n".join(available_datasets()))
@@ -48,43 +60,61 @@ def _data(argv: Sequence[str]) -> None:
         target = args.dataset
         if target in available_datasets():
             target = str(Path(args.data_dir or datasets_root()) / "pa-rl" / f"{target}-v0")
-        for key, value in dataset_info(target).items():
+        for key, value in dataset_info(target, args.trust_env).items():
             print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 
 
 def _train(argv: Sequence[str]) -> None:
     import tyro
 
-    from pa_rl.plotting import plot_runs
     from pa_rl.presets import PRESETS
-    from pa_rl.runs import RunConfig, RunError, build_agent, read_config, resolve_dataset, save_weights, write_config
-    from pa_rl.train import train
+    from pa_rl.runs import RunConfig, RunError, lock_run, read_config
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
     pre.add_argument("--resume", type=Path, default=None)
+    add_trust_env(pre)
     known, rest = pre.parse_known_args(argv)
     if known.resume is not None:
-        if rest:
-            raise RunError(f"--resume continues a run with its own config.json; drop the other options {rest}")
+        if rest or known.preset:
+            others = [*(["--preset", known.preset] if known.preset else []), *rest]
+            raise RunError(f"--resume continues a run with its own config.json; drop the other options {others}")
         config, resume = read_config(known.resume), True
     else:
-        config = tyro.cli(RunConfig, default=PRESETS[known.preset](), args=rest, prog="pa-rl train",
-                          description=f"Train with PA-RL (defaults shown are preset {known.preset!r}; "
+        preset = known.preset or "cpu"
+        config = tyro.cli(RunConfig, default=PRESETS[preset](), args=rest, prog="pa-rl train",
+                          description=f"Train with PA-RL (defaults shown are preset {preset!r}; "
                                       f"--preset {'|'.join(sorted(PRESETS))} picks another; "
-                                      "--resume RUN continues a killed run).")
+                                      "--resume RUN continues a killed run; --trust-env MODULE:CALLABLE "
+                                      "allows a data set's env entry point).")
         resume = False
-        if (config.run_dir / "config.json").exists():
+    created = not config.run_dir.exists()
+    with lock_run(config.run_dir):
+        if not resume and (config.run_dir / "config.json").exists():
             raise RunError(f"run {config.run_dir} already exists: continue it with --resume {config.run_dir}, pick "
                            "another --name, or delete that folder")
+        try:
+            _train_locked(config, resume, known.trust_env)
+        except BaseException:  # a start that failed before its first checkpoint must not block its name
+            if created and not list((config.run_dir / "checkpoints").glob("ckpt-*.pt")):
+                shutil.rmtree(config.run_dir, ignore_errors=True)
+            raise
+
+
+def _train_locked(config: RunConfig, resume: bool, trust_env: Sequence[str]) -> None:
+    from pa_rl.plotting import plot_runs
+    from pa_rl.runs import build_agent, resolve_dataset, run_dataset, save_weights, write_config
+    from pa_rl.train import Trainer
+
     run_dir = config.run_dir
-    data = resolve_dataset(config)
+    data = run_dataset(run_dir, trust_env) if resume else resolve_dataset(config, trust_env)
     agent = build_agent(config, data)
-    if not resume:
+    trainer = Trainer(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+    if not resume:  # only once the agent, buffers and environment are built: a resume replays it
         write_config(config, data)
     print(f"run {run_dir}: {config.policy} policy, {config.agent.objective} critic, {data.dataset_id} "
           f"({data.num_transitions} transitions), device {config.device}", file=sys.stderr)
-    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+    result = trainer.run()
     save_weights(agent, run_dir / "checkpoints" / "final.safetensors")
     plot_runs([run_dir], run_dir / "curves.png")
     print(summary_table(result.summary))
@@ -115,23 +145,20 @@ def _eval(argv: Sequence[str]) -> None:
     parser.add_argument("--device", default=None, help="override the run's device")
     parser.add_argument("--video", type=Path, default=None, help="write an mp4 of the first episodes here")
     parser.add_argument("--video-episodes", type=int, default=1)
+    add_trust_env(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.video_episodes < 1:
         parser.error("--episodes and --video-episodes must be ≥ 1")
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-    import dataclasses
-
     from pa_rl.evaluation import evaluate, record_video
     from pa_rl.runs import RunError, build_agent, load_weights, read_config, resolve_dataset
 
-    config = read_config(args.run)
-    if args.device:
-        config = dataclasses.replace(config, device=args.device)
+    config = read_config(args.run, args.device)
     weights = args.run / "checkpoints" / "final.safetensors"
     if not weights.is_file():
         raise RunError(f"{args.run} has no final weights ({weights}): the run did not finish")
-    data = resolve_dataset(config)
+    data = resolve_dataset(config, args.trust_env)
     agent = build_agent(config, data)
     load_weights(agent, weights)
     act = lambda obs: agent.act(obs, args.mode).cpu().numpy()  # noqa: E731
@@ -160,6 +187,16 @@ COMMANDS = {"data": _data, "train": _train, "eval": _eval, "plot": _plot}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit-time flush
+    except BrokenPipeError:  # the reader stopped reading (`pa-rl --help | head`): nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(DESCRIPTION, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
@@ -172,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (DataError, RunError, CheckpointError, EnvironmentFault, ValueError, TypeError,
-            FileNotFoundError) as error:
+    except BrokenPipeError:
+        raise
+    except (DataError, RunError, CheckpointError, EnvironmentFault, ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as error:  # argparse and tyro report usage errors themselves

@@ -16,8 +16,8 @@ class MetricsLogger:
 
     With no run directory it only keeps the evaluation history in memory. A resumed run passes
     what its checkpoint saw (``rows``, ``evaluations``, ``step``): rows written after that
-    checkpoint are cut from the CSV and TensorBoard purges its events past ``step``, so the
-    history reads as if the run had never been interrupted.
+    checkpoint are cut from the CSV and from TensorBoard, so the history reads as if the run had
+    never been interrupted.
     """
 
     HEADER = ["phase", "step", "env_steps", "metric", "value"]
@@ -44,7 +44,12 @@ class MetricsLogger:
             self._file.flush()
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=None if step is None else step + 1)
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step)
+            # TensorBoard purges whole steps, and rows may follow the checkpoint at its own step: purge that step
+            # too and re-add the rows the checkpoint saw there (at the CSV's 6 digits), so none is doubled.
+            for _, row_step, _, name, value in csv.reader(kept[1:] if step is not None else []):
+                if int(row_step) == step:
+                    self._tb.add_scalar(name, float(value), step)
 
     def log(self, phase: str, step: int, env_steps: int, metrics: Mapping[str, float | torch.Tensor]) -> None:
         """Numbers or 0-d tensors (read here, so updates between logs never wait for the device)."""

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
 import os
 import sys
 import types
 import typing
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pa_rl.agent import Agent, AgentConfig
 from pa_rl.checkpoint import write_atomically
@@ -41,6 +46,18 @@ class RunConfig:
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
     token: TokenConfig = field(default_factory=TokenConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self) -> None:
+        """A device this machine cannot use fails here, before any data set or model is built."""
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {self.device!r} asked for, but {why}; use --device cpu")
 
     @property
     def run_name(self) -> str:
@@ -92,9 +109,10 @@ def ensure_dataset(config: RunConfig) -> str:
     return str(path)
 
 
-def resolve_dataset(config: RunConfig) -> LoadedDataset:
-    """Load the run's data set, generating a built-in one the first time it is asked for."""
-    return load_dataset(ensure_dataset(config))
+def resolve_dataset(config: RunConfig, trust_env: Sequence[str] = ()) -> LoadedDataset:
+    """Load the run's data set, generating a built-in one the first time it is asked for; ``trust_env``
+    lists the env entry points (``module:callable``) beyond gymnasium's and pa-rl's it may import."""
+    return load_dataset(ensure_dataset(config), trust_env)
 
 
 def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
@@ -104,17 +122,37 @@ def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
     return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
 
 
+def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order), stored in the weights
+    file's metadata: safetensors checks the header's layout but not the bytes, so a flipped bit would
+    otherwise load silently."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_weights(agent: Agent, path: Path) -> None:
-    """Write all weights (policy, critic, target, value) as safetensors, atomically."""
+    """Write all weights (policy, critic, target, value) as safetensors with their SHA-256, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sha256": weights_sha256(tensors)}))
 
 
 def load_weights(agent: Agent, path: Path) -> None:
+    """Load a weights file into ``agent`` once its SHA-256 matches the one it carries."""
     try:
-        state = load_file(str(path), device=str(agent.device))
+        with safe_open(str(path), "pt") as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own error types for damaged files
         raise RunError(f"{path} cannot be read ({error}): the weights file is damaged") from error
+    if recorded is None:
+        raise RunError(f"{path} carries no SHA-256 (written by an older pa-rl), so it cannot be verified")
+    if weights_sha256(state) != recorded:
+        raise RunError(f"{path} is damaged: its contents do not match the SHA-256 it carries (a flipped bit or a "
+                       "bad copy); use an intact copy")
     try:
         missing, unexpected = agent.load_state_dict(state, strict=False)
     except RuntimeError as error:
@@ -123,21 +161,67 @@ def load_weights(agent: Agent, path: Path) -> None:
         raise RunError(f"{path} does not match this run's config: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+@contextlib.contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder (``.lock``, holding our PID) for as long as a command
+    writes to it: a second writer is refused, naming the holder, instead of interleaving its metrics
+    and checkpoints with the first's. The kernel drops the lock when the process dies, however it dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunError(f"run {run_dir} is in use by process {handle.read().strip() or '(unknown)'}: wait for it to "
+                           "end or stop it; two writers would interleave its metrics and checkpoints") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
 def write_config(config: RunConfig, data: LoadedDataset) -> None:
     import pa_rl
 
+    fingerprint = data.fingerprint()
     payload = {"pa_rl_version": pa_rl.__version__, "torch_version": torch.__version__,
-               "dataset_path": data.path, "dataset_id": data.dataset_id, "config": to_jsonable(config)}
+               "dataset_path": fingerprint["path"], "dataset_id": data.dataset_id, "dataset_fingerprint": fingerprint,
+               "config": to_jsonable(config)}
     write_atomically(config.run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
-def read_config(run_dir: Path) -> RunConfig:
+def _read_payload(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a pa-rl run: {path} is missing")
     try:
-        payload = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise RunError(f"{path} is not valid JSON ({error}); the run's config is damaged") from error
-    config = from_jsonable(RunConfig, payload["config"])
+
+
+def run_dataset(run_dir: Path, trust_env: Sequence[str] = ()) -> LoadedDataset:
+    """The data set a run was trained on, for its resume: loaded from the folder its ``config.json``
+    records (never re-resolved by name nor regenerated) and refused if it differs from the recorded
+    fingerprint, since resuming on other data would quietly train a different run."""
+    recorded = _read_payload(run_dir).get("dataset_fingerprint")
+    if recorded is None:
+        raise RunError(f"{run_dir}/config.json records no fingerprint of its data (written by an older pa-rl): "
+                       "its data cannot be checked, so it cannot be resumed; start a new run")
+    if not Path(recorded["path"]).is_dir():
+        raise RunError(f"the data set of run {run_dir}, {recorded['path']}, is gone: restore it there to resume")
+    data = load_dataset(recorded["path"], trust_env)
+    changed = [f"{key} (run {recorded[key]!r}, now {value!r})" for key, value in data.fingerprint().items()
+               if recorded[key] != value]
+    if changed:
+        raise RunError(f"the data set {recorded['path']} differs from the one run {run_dir} was trained on: "
+                       f"{'; '.join(changed)}. Restore the original data, or start a new run on these")
+    return data
+
+
+def read_config(run_dir: Path, device: str | None = None) -> RunConfig:
+    """The run's config; ``device`` replaces the recorded one before it is checked, so a run trained
+    on CUDA can be evaluated on a machine without it."""
+    recorded = _read_payload(run_dir)["config"]
+    config = from_jsonable(RunConfig, recorded if device is None else {**recorded, "device": device})
     return dataclasses.replace(config, runs_dir=Path(run_dir).parent, name=Path(run_dir).name)

@@ -18,12 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pa_rl.agent import ActMode, Agent
-from pa_rl.buffer import Batch, ReplayBuffer
-from pa_rl.checkpoint import CheckpointError, CheckpointStore
+from pa_rl.buffer import Batch, ReplayBuffer, check_buffer_fits
+from pa_rl.checkpoint import CheckpointError, CheckpointStore, write_atomically
 from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
 from pa_rl.diagnostics import CriticDiagnostic, split_held_out
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
+from pa_rl.progress import progress_bar
 from pa_rl.validation import require
 
 log = logging.getLogger("pa_rl")
@@ -75,6 +76,7 @@ class TrainConfig:
     reward_scale: float = 1.0  # r' = reward_scale · r + reward_bias, for data and env alike
     reward_bias: float = 0.0
     checkpoint_every: int = 5_000  # updates (BC, offline) or env steps (online, at the next episode end)
+    checkpoint_minutes: float = 5.0  # also after this much wall clock (online: at the next episode end); 0 = off
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     log_every: int = 100
     progress: bool = True
@@ -91,6 +93,7 @@ class TrainConfig:
             raise ValueError(f"mixing_ratio must be in [0, 1], got {self.mixing_ratio}")
         if not (np.isfinite(self.reward_scale) and np.isfinite(self.reward_bias)):
             raise ValueError(f"reward_scale and reward_bias must be finite, got {self.reward_scale}, {self.reward_bias}")
+        require(self, "checkpoint_minutes", at_least=0)
 
 
 @dataclass
@@ -137,9 +140,10 @@ def check_env(env: gym.Env, obs_dim: int, action_low: np.ndarray, action_high: n
                                                                                  atol=1e-6)):
         raise DataError(f"the environment's action bounds [{action_space.low}, {action_space.high}] differ from the "
                         f"data's [{action_low}, {action_high}]; use data recorded in this env")
-    if not isinstance(obs_space, gym.spaces.Box) or gym.spaces.flatdim(obs_space) != obs_dim:
+    if not isinstance(obs_space, gym.spaces.Box) or obs_space.shape != (obs_dim,):  # not flatdim: (64, 64, 3) images
         raise DataError(f"the environment's observation space {obs_space} does not match the data's {obs_dim}-d "
-                        "observations; flatten Dict observations (gymnasium.wrappers.FlattenObservation) and use "
+                        "observations: pa-rl needs flat Box observations (image and other multi-dimensional ones are "
+                        "not mapped yet); flatten Dict observations (gymnasium.wrappers.FlattenObservation) and use "
                         "data recorded in this env")
 
 
@@ -190,6 +194,7 @@ class Trainer:
             raise ValueError("resume=True needs the run_dir of the run to resume")
         self._eval_envs = [make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
         check_env(self._eval_envs[0], agent.obs_dim, low, high)
+        check_buffer_fits(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device)
         seed_everything(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         episodes = transform_rewards(episodes, config.reward_scale, config.reward_bias)
@@ -212,7 +217,7 @@ class Trainer:
             self.logger = MetricsLogger(run_dir, checkpoint["metrics_rows"], checkpoint["evaluations"],
                                         checkpoint["progress"]["updates"])
             self._restore(checkpoint)
-        self._session_start = time.perf_counter()
+        self._session_start = self._last_checkpoint = time.perf_counter()
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -234,7 +239,14 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        self._last_checkpoint = time.perf_counter()
         return None if self.checkpoints is None else self.checkpoints.save(self.state_dict())
+
+    def _checkpoint_due(self) -> bool:
+        """By wall clock, so a phase shorter than ``checkpoint_every`` is not lost whole to a kill. A checkpoint
+        only reads the run's state, so when one is written does not change what the run computes."""
+        minutes = self.config.checkpoint_minutes
+        return minutes > 0 and time.perf_counter() - self._last_checkpoint >= 60 * minutes
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         import pa_rl
@@ -301,8 +313,7 @@ class Trainer:
         return Batch.cat([p for p in parts if len(p)])
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, initial=self.progress.step, desc=desc, disable=not self.config.progress,
-                    dynamic_ncols=True, leave=False)
+        return progress_bar(total, desc, self.config.progress, self.progress.step, dynamic_ncols=True, leave=False)
 
     def evaluate(self, phase: str, modes: Sequence[tuple[str, ActMode]] = (("pa_rl", "argmax"), ("policy", "policy"))
                  ) -> dict[str, float]:
@@ -340,7 +351,7 @@ class Trainer:
         budget = cfg.bc_steps if phase == "bc" else cfg.offline_steps
         if phase == "offline" and progress.step % cfg.eval_every == 0 and progress.step < budget:
             bar.set_postfix(self.evaluate("offline"))
-        if progress.step % cfg.checkpoint_every == 0:
+        if progress.step % cfg.checkpoint_every == 0 or self._checkpoint_due():
             self.save_checkpoint()
 
     # ---- phases ---------------------------------------------------------------------------------
@@ -390,7 +401,8 @@ class Trainer:
                     self._store_episode(episode)
                     if self.progress.step >= cfg.warmup_env_steps:
                         self._online_updates(len(episode))
-                    if before // cfg.checkpoint_every < self.progress.step // cfg.checkpoint_every:
+                    crossed = before // cfg.checkpoint_every < self.progress.step // cfg.checkpoint_every
+                    if crossed or self._checkpoint_due():
                         self.save_checkpoint()
         finally:
             env.close()
@@ -493,7 +505,8 @@ class Trainer:
                                  "env_steps": progress.env_steps,
                                  "updates_per_s": progress.updates / progress.elapsed_s if progress.elapsed_s else 0.0})
             if self.run_dir is not None:
-                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+                write_atomically(self.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(self.summary,
+                                                                                                     indent=2)))
         finally:
             self.logger.close()
             for env in self._eval_envs + self._diagnostic_envs:

@@ -11,9 +11,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector.episode_buffer import EpisodeBuffer
-from tqdm import tqdm
 
 from pa_rl.data.minari_io import write_dataset
+from pa_rl.progress import progress_bar
 
 Act = Callable[[np.ndarray], np.ndarray]
 
@@ -57,7 +57,7 @@ def rollout(
     """
     buffers: list[EpisodeBuffer] = []
     total = 0
-    with tqdm(total=size, desc=desc, unit="step", disable=not progress) as bar:
+    with progress_bar(size, desc, progress, unit="step") as bar:
         while total < size:
             plan = new_episode()
             obs, info = env.reset(seed=seed if not buffers else None, options=plan.reset_options)

@@ -8,12 +8,14 @@ works offline: nothing is ever downloaded.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from minari.storage.datasets_root_dir import get_dataset_path
 from pa_rl.data.episodes import DataError, Episode, check_episode
 
 __all__ = ["DataError", "LoadedDataset", "load_dataset", "write_dataset", "datasets_root"]
+
+TMP_PREFIX = ".pa-rl-tmp-"  # then the writer's PID: .pa-rl-tmp-<pid>-<random>/
+
 
 def datasets_root() -> Path:
     """Minari's local dataset root: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``."""
@@ -60,6 +65,17 @@ class LoadedDataset:
     @property
     def num_transitions(self) -> int:
         return sum(len(ep) for ep in self.episodes)
+
+    def fingerprint(self) -> dict[str, object]:
+        """What pins a run to these data: their folder, size, and a SHA-256 of their content as loaded
+        (every episode's length and arrays), so regenerated or edited data do not pass for the original."""
+        digest = hashlib.sha256()
+        for ep in self.episodes:
+            digest.update(len(ep).to_bytes(8, "little"))
+            for array in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return {"path": str(Path(self.path).resolve()), "episodes": len(self.episodes),
+                "transitions": self.num_transitions, "sha256": digest.hexdigest()}
 
     def episode_successes(self) -> np.ndarray | None:
         """Per-episode bool: did ``infos["success"]`` ever hold? None if not recorded."""
@@ -106,7 +122,7 @@ class LoadedDataset:
         return env
 
 
-def load_dataset(id_or_path: str) -> LoadedDataset:
+def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDataset:
     """Load and validate a local Minari dataset by id or by directory.
 
     ``id_or_path`` is either a directory (the dataset directory holding ``data/``, or ``data/``
@@ -114,8 +130,18 @@ def load_dataset(id_or_path: str) -> LoadedDataset:
     recorded (``TrainConfig.reward_scale``/``reward_bias`` transform data and env alike). Raises :class:`DataError` for anything that would
     silently corrupt training: missing/unreadable data, non-Box actions, unsupported
     observation spaces, empty data, non-finite values, actions outside the action bounds.
+
+    A data set is untrusted input: the env specs it records name entry points that building its
+    environment imports and calls. One that is not a registered gymnasium id's own or pa-rl's
+    own is refused unless listed in ``trust_env`` (``"module:callable"``), before anything is
+    imported.
     """
     data_dir = _resolve_data_dir(id_or_path)
+    try:
+        metadata = json.loads((data_dir / "metadata.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise _malformed(data_dir, e) from e
+    _refuse_untrusted_code(metadata, id_or_path, trust_env)
     try:
         dataset = minari.MinariDataset(str(data_dir))
         observation_space = dataset.observation_space
@@ -123,10 +149,7 @@ def load_dataset(id_or_path: str) -> LoadedDataset:
         dataset_id = dataset.id
         minari_episodes = list(dataset.iterate_episodes())
     except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as e:
-        raise DataError(
-            f"Dataset at {data_dir} is malformed or unreadable ({type(e).__name__}: {e}). "
-            "Delete it and regenerate it (pa-rl data make NAME) or re-download it with minari."
-        ) from e
+        raise _malformed(data_dir, e) from e
 
     if not isinstance(action_space, gym.spaces.Box):
         raise DataError(
@@ -182,18 +205,16 @@ def write_dataset(
 
     Uses ``minari.create_dataset_from_buffers`` (no jax). The dataset is written into a hidden
     temporary root next to the destination and renamed into place only once complete, so a crash
-    never leaves a partial dataset under a loadable id.
+    never leaves a partial dataset under a loadable id; the next write into that root removes a
+    killed write's temporary root.
     """
     namespace = parse_dataset_id(dataset_id)[0]
     root = (Path(out_dir) if out_dir is not None else datasets_root()).resolve()  # minari needs it absolute
     final = root / dataset_id
-    if final.exists() and not overwrite:
-        raise DataError(
-            f"Dataset {dataset_id!r} already exists at {final}. Delete that directory, choose "
-            "another out_dir, or pass overwrite=True."
-        )
+    refuse_existing(dataset_id, final, overwrite)
     root.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".pa-rl-tmp-", dir=root))
+    _remove_orphaned_temporaries(root)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
     try:
         with _minari_root(tmp_root), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`(code_permalink|author_email)` is set")
@@ -222,6 +243,34 @@ def write_dataset(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return str(final)
+
+
+def _remove_orphaned_temporaries(root: Path) -> None:
+    """Remove the temporary roots of writes whose process is gone (a killed ``pa-rl data make``);
+    each is named after its writer's PID, so another write under way keeps its own."""
+    for tmp in root.glob(f"{TMP_PREFIX}*"):
+        pid = tmp.name[len(TMP_PREFIX):].partition("-")[0]
+        if not (pid.isdigit() and _running(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def refuse_existing(dataset_id: str, path: Path, overwrite: bool) -> None:
+    """An existing data set is only replaced when asked to (the message names the CLI flag and the argument)."""
+    if path.exists() and not overwrite:
+        raise DataError(
+            f"Dataset {dataset_id!r} already exists at {path}. Delete that directory, choose another --out, or "
+            "pass --overwrite (overwrite=True in Python)."
+        )
 
 
 @contextlib.contextmanager
@@ -255,19 +304,84 @@ def _resolve_data_dir(id_or_path: str) -> Path:
     try:
         parse_dataset_id(id_or_path)
         is_id = True
-    except ValueError:
+    except (ValueError, TypeError):  # minari raises TypeError for an id without a version
         is_id = False
     if is_id:
         data_dir = datasets_root() / id_or_path / "data"
         if (data_dir / "metadata.json").is_file():
             return data_dir
         looked.append(f"{data_dir} (dataset id under MINARI_DATASETS_PATH={datasets_root()})")
-    raise DataError(
-        f"Dataset {id_or_path!r} not found; looked at: {'; '.join(looked)}. Generate a built-in "
-        "dataset with `pa-rl data make NAME` (see `pa-rl data list`), point MINARI_DATASETS_PATH "
-        "at the folder holding it, or pass the dataset directory. Nothing is downloaded "
-        "automatically; use `minari download ID` for remote Minari datasets."
+    raise DataError(_no_such_dataset(id_or_path, looked))
+
+
+def local_dataset_ids() -> list[str]:
+    """Ids of the Minari data sets under :func:`datasets_root`."""
+    root = datasets_root()
+    return sorted(str(meta.parent.parent.relative_to(root)) for meta in root.glob("**/data/metadata.json"))
+
+
+def _no_such_dataset(name: str, looked: list[str]) -> str:
+    """Say what was asked for, the close names that exist, and how to make one."""
+    from pa_rl.data.registry import available_datasets  # the registry imports this module
+
+    local = local_dataset_ids()
+    close = difflib.get_close_matches(name, available_datasets() + local, n=5, cutoff=0.6)
+    shown = ", ".join(local[:10]) + (f" and {len(local) - 10} more" if len(local) > 10 else "") or "none"
+    return (f"No data set named {name!r}" + (f" (close names: {', '.join(close)})" if close else "")
+            + f"; looked at: {'; '.join(looked)}. Local Minari ids under {datasets_root()}: {shown}. Make a built-in "
+            "one with `pa-rl data make NAME` (names: `pa-rl data list`), point MINARI_DATASETS_PATH at the folder "
+            "holding yours, or pass the dataset directory. Nothing is downloaded automatically; use `minari "
+            "download ID` for remote Minari datasets.")
+
+
+def _malformed(data_dir: Path, error: Exception) -> DataError:
+    return DataError(
+        f"Dataset at {data_dir} is malformed or unreadable ({type(error).__name__}: {error}). "
+        "Delete it and regenerate it (pa-rl data make NAME) or re-download it with minari."
     )
+
+
+def _within(entry_point: str, packages: tuple[str, ...]) -> bool:
+    module = entry_point.partition(":")[0]
+    return any(module == package or module.startswith(f"{package}.") for package in packages)
+
+
+def untrusted_entry_points(metadata: dict) -> list[str]:
+    """Entry points that ``gym.make`` would import for the recorded env specs and that nobody vetted:
+    an env entry point other than pa-rl's own or the one its id is registered with in gymnasium,
+    and wrappers outside ``gymnasium.wrappers`` and pa-rl."""
+    with contextlib.suppress(ImportError):  # registers gymnasium-robotics' ids, whatever was imported before
+        import pa_rl.data.pointmaze  # noqa: F401
+    found = []
+    for key in ("env_spec", "eval_env_spec"):
+        if metadata.get(key) is None:
+            continue
+        spec = json.loads(metadata[key])
+        entry = spec.get("entry_point")
+        registered = gym.registry.get(spec.get("id"))
+        if entry is not None and not (_within(str(entry), ("pa_rl",))
+                                      or (registered is not None and registered.entry_point == entry)):
+            found.append(str(entry))
+        found += [str(wrapper.get("entry_point")) for wrapper in spec.get("additional_wrappers") or []
+                  if not _within(str(wrapper.get("entry_point")), ("gymnasium.wrappers", "pa_rl"))]
+    return list(dict.fromkeys(found))
+
+
+def _refuse_untrusted_code(metadata: dict, id_or_path: str, trust_env: Sequence[str]) -> None:
+    try:
+        refused = [entry for entry in untrusted_entry_points(metadata) if entry not in trust_env]
+    except (TypeError, AttributeError, json.JSONDecodeError) as e:
+        raise DataError(f"Dataset {id_or_path!r} records a malformed env spec ({type(e).__name__}: {e}).") from e
+    if refused:
+        named = ", ".join(f"{entry!r} (module {entry.partition(':')[0]!r}, callable {entry.partition(':')[2]!r})"
+                          for entry in refused)
+        flags = " ".join(f"--trust-env {entry}" for entry in refused)
+        raise DataError(
+            f"Dataset {id_or_path!r} records the environment entry point(s) {named}, neither a registered "
+            "gymnasium environment nor pa-rl's own: building its environment would import and run that code. "
+            f"Nothing was imported. If you trust this data set, allow them with {flags} "
+            f"(Python: load_dataset(..., trust_env={refused!r}))."
+        )
 
 
 def _check_observation_space(space: gym.spaces.Space, dataset_id: str) -> None:
@@ -318,7 +432,12 @@ def _convert_episode(
         observations = _flatten_batch(observation_space, ep.observations)
     except DataError as e:
         raise DataError(f"Dataset {dataset_id!r}, episode {ep.id}: {e}.") from None
-    actions = np.asarray(ep.actions, dtype=np.float32).reshape(-1, *action_space.shape)
+    actions = np.asarray(ep.actions, dtype=np.float32)
+    if actions.shape[1:] != action_space.shape:  # not reshaped to fit: 900 4-d values are not 450 2-d actions
+        raise DataError(
+            f"Dataset {dataset_id!r}, episode {ep.id}: stored actions of shape {actions.shape[1:]}, the action "
+            f"space says {action_space.shape}. Record the correct action space and rewrite the dataset."
+        )
     rewards = np.asarray(ep.rewards, dtype=np.float32).reshape(-1)
     terminations = np.asarray(ep.terminations, dtype=bool).reshape(-1)
     truncations = np.asarray(ep.truncations, dtype=bool).reshape(-1)

@@ -40,16 +40,21 @@ fraction of data episodes that reach the eval goal is 48 % / 35 % / 19 %.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections import deque
 from dataclasses import dataclass
 
 import gymnasium as gym
-import gymnasium_robotics
 import numpy as np
-from gymnasium_robotics.envs.maze import maps
-from gymnasium_robotics.envs.maze.maze_v4 import Maze
 
 from pa_rl.data.generator import EpisodePlan, Generated, noisy, rollout
+
+# Its import prints a notice about Adroit rewards to stderr, on every pa-rl command; pa-rl uses no Adroit env.
+with contextlib.redirect_stderr(io.StringIO()):
+    import gymnasium_robotics
+    from gymnasium_robotics.envs.maze import maps
+    from gymnasium_robotics.envs.maze.maze_v4 import Maze
 
 gym.register_envs(gymnasium_robotics)
 

@@ -7,13 +7,13 @@ Generator modules are imported lazily: each needs its optional simulator package
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pa_rl.data.generator import Generated
-from pa_rl.data.minari_io import DataError, datasets_root, load_dataset
+from pa_rl.data.minari_io import DataError, datasets_root, load_dataset, refuse_existing
 
 Generator = Callable[..., Generated]
 
@@ -71,23 +71,19 @@ def make_dataset(
     if size is not None and size < 1:
         raise DataError(f"size must be a positive number of transitions, got {size}.")
     dataset_id = f"pa-rl/{name}-v0"
-    existing = Path(out_dir if out_dir is not None else datasets_root()) / dataset_id
-    if existing.exists() and not overwrite:  # checked before, not after, a long generation
-        raise DataError(
-            f"Dataset {dataset_id!r} already exists at {existing}. Delete that directory, choose "
-            "another out_dir, or pass overwrite=True."
-        )
+    # checked before, not after, a long generation
+    refuse_existing(dataset_id, Path(out_dir if out_dir is not None else datasets_root()) / dataset_id, overwrite)
     generated = generators[name](size=size, seed=seed, progress=progress)
     return generated.write(dataset_id, out_dir=out_dir, overwrite=overwrite)
 
 
-def dataset_info(id_or_path: str) -> dict:
+def dataset_info(id_or_path: str, trust_env: Sequence[str] = ()) -> dict:
     """Summary statistics of a dataset (validated by :func:`load_dataset`).
 
     ``success_rate`` is the fraction of episodes whose recorded ``infos["success"]`` is ever
     true, or None when the dataset records no success info.
     """
-    data = load_dataset(id_or_path)
+    data = load_dataset(id_or_path, trust_env)
     returns = np.array([float(ep.rewards.sum()) for ep in data.episodes])
     lengths = np.array([len(ep) for ep in data.episodes])
     successes = data.episode_successes()
