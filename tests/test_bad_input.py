@@ -30,6 +30,8 @@ from resume_worker import CONFIG, make_agent
     (lambda: TrainConfig(online_buffer_size=0), "TrainConfig.online_buffer_size must be ≥ 1"),
     (lambda: TrainConfig(keep_checkpoints=0), "TrainConfig.keep_checkpoints must be ≥ 1"),
     (lambda: TrainConfig(mixing_ratio=1.5), "mixing_ratio must be in [0, 1], got 1.5"),
+    (lambda: TrainConfig(online_env_steps=500, warmup_env_steps=500), "no online update would ever run"),
+    (lambda: TrainConfig(held_out_fraction=1.0), "held_out_fraction must be in [0, 1), got 1.0"),
     (lambda: TrainConfig(reward_bias=float("nan")), "reward_scale and reward_bias must be finite"),
     (lambda: OptimizerConfig(num_samples=8, top_k=16), "top_k (16) cannot exceed num_samples (8)"),
     (lambda: OptimizerConfig(num_samples=-1), "OptimizerConfig.num_samples must be ≥ 1, got -1"),

@@ -87,6 +87,9 @@ class TrainConfig:
         require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_env_steps",
                 "critic_return_fit_steps", "online_distill_start", "diagnostic_pairs", "online_critic_utd",
                 "online_distill_utd", at_least=0)
+        if 0 < self.online_env_steps <= self.warmup_env_steps:
+            raise ValueError(f"warmup_env_steps ({self.warmup_env_steps}) must be below online_env_steps "
+                             f"({self.online_env_steps}): no online update would ever run")
         if not 0 <= self.held_out_fraction < 1:
             raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if not 0 <= self.mixing_ratio <= 1:
