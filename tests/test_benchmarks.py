@@ -94,7 +94,8 @@ def test_methods_change_only_what_they_name() -> None:
     parl, calql, iql = config("parl-diffusion"), config("calql-gaussian"), config("iql-gaussian")
     assert parl.train.bc_steps == calql.train.bc_steps == iql.train.bc_steps == 7
     assert parl.train.online_env_steps == calql.train.online_env_steps == suite.cpu().train.online_env_steps
-    assert (calql.policy, calql.agent.policy_improvement, calql.train.collect_mode) == ("gaussian", "reparam", "policy")
+    # The baselines act with their own actor and train it offline by the library's defaults for them.
+    assert (calql.policy, calql.agent.policy_improvement, calql.train.collect_mode) == ("gaussian", "reparam", None)
     assert calql.agent.optimizer.top_k == calql.agent.optimizer.num_samples and calql.agent.optimizer.local_steps == 0
     assert (iql.agent.objective, iql.agent.policy_improvement) == ("iql", "awr")
     assert config("bc-diffusion").train.online_env_steps == 0

@@ -149,7 +149,7 @@ class FaultyEnv(gym.Wrapper):
 def test_an_env_fault_online_keeps_the_data_checkpoints_and_reports(tmp_path: Path, fault: str, message: str) -> None:
     envs = iter([gym.make("pa_rl/PointGoal-v0") for _ in range(2)]  # the evaluation envs stay healthy
                 + [FaultyEnv(gym.make("pa_rl/PointGoal-v0"), at=25, fault=fault)])
-    trainer = small_run(tmp_path, lambda: next(envs))
+    trainer = small_run(tmp_path, lambda: next(envs), diagnostic_pairs=0)
     with pytest.raises(EnvironmentFault) as error:
         trainer.run()
     assert message in str(error.value) and "at online env step 25" in str(error.value)
@@ -158,7 +158,7 @@ def test_an_env_fault_online_keeps_the_data_checkpoints_and_reports(tmp_path: Pa
     assert len(trainer.online) == 24 == trainer.progress.env_steps
     assert all(torch.isfinite(t[:24]).all() for t in trainer.online.storage.values())
     # The checkpoint holds them, and a resume with a healthy env finishes the run.
-    resumed = small_run(tmp_path, resume=True)
+    resumed = small_run(tmp_path, resume=True, diagnostic_pairs=0)
     assert len(resumed.online) == 24
     assert resumed.run().summary["env_steps"] == 60
 
@@ -168,9 +168,9 @@ def resident_bytes() -> int:
 
 
 def test_replay_buffer_memory_is_preallocated_and_bounded() -> None:
-    # Meta-World sizes: 39-d observations, 4-d actions; 4 · (2 · 39 + 4 + 3) = 340 bytes a transition.
+    # Meta-World sizes: 39-d observations, 4-d actions; 4 · (2 · 39 + 4 + 4) = 344 bytes a transition.
     buffer = ReplayBuffer(1_000_000, 39, 4)
-    assert ReplayBuffer.bytes_per_transition(39, 4) == 340 and buffer.nbytes == 340_000_000
+    assert ReplayBuffer.bytes_per_transition(39, 4) == 344 and buffer.nbytes == 344_000_000
     allocated = resident_bytes()
     for tensor in buffer.storage.values():  # writing every row costs no new memory: it was all taken at once
         tensor.fill_(1.0)
