@@ -303,6 +303,10 @@ class Trainer:
         """Offline updates per policy step (0 = the policy stays frozen offline)."""
         return self.config.offline_distill_every or (0 if self.pa_rl else 1)
 
+    def _reward(self, reward: float) -> float:
+        """An env reward as training sees it (the data's rewards are transformed the same way)."""
+        return self.config.reward_scale * reward + self.config.reward_bias
+
     @property
     def collect_mode(self) -> ActMode:
         return self.config.collect_mode or ("argmax" if self.pa_rl else "policy")
@@ -343,7 +347,7 @@ class Trainer:
                 self._diagnostic_envs = [self.make_env() for _ in range(2 * cfg.diagnostic_pairs)]
             seeds = [20_000 + cfg.seed * 1_000 + i for i in range(cfg.diagnostic_pairs)]
             metrics.update(self.diagnostic.ranking(self.agent, self._diagnostic_envs, seeds, cfg.max_episode_steps,
-                                                   lambda r: cfg.reward_scale * r + cfg.reward_bias, self.collect_mode))
+                                                   self._reward, self.collect_mode))
         return metrics
 
     def _step_done(self, phase: str, metrics: dict[str, torch.Tensor], bar: tqdm | None) -> None:
@@ -442,7 +446,7 @@ class Trainer:
             progress.step += 1
             progress.env_steps += 1
             truncated = truncated or len(recorder) + 1 >= cfg.max_episode_steps or progress.step == cfg.online_env_steps
-            recorder.add(action, cfg.reward_scale * float(reward) + cfg.reward_bias, obs, terminated, truncated)
+            recorder.add(action, self._reward(float(reward)), obs, terminated, truncated)
             bar.update(1)
             if progress.step % cfg.online_eval_every == 0 and progress.step < cfg.online_env_steps:
                 bar.set_postfix(self.evaluate("online"))
