@@ -8,6 +8,7 @@ import torch
 
 from pa_rl import Agent, AgentConfig, CriticConfig, Episode, OptimizerConfig, QEnsemble, ReplayBuffer
 from pa_rl.buffer import Batch, monte_carlo_returns, n_step_targets
+from pa_rl.observations import Field
 
 from helpers import UniformPolicy
 
@@ -57,14 +58,15 @@ def test_replay_buffer_ring_and_sampling() -> None:
         return Episode(obs, np.zeros((length, 1), np.float32), np.ones(length, np.float32),
                        np.eye(1, length, length - 1, dtype=bool)[0], np.zeros(length, bool))
 
-    buffer = ReplayBuffer(5, 1, 1)
-    buffer.add_episode(episode(3, 0.0), gamma=0.9, floor_reward=0.0)
+    buffer = ReplayBuffer(7, 1, 1)
+    buffer.add_episode(episode(3, 0.0), gamma=0.9, floor_reward=0.0)  # 4 slots: 3 transitions + the final state
     assert len(buffer) == 3 and torch.allclose(buffer.storage["mc_returns"][:3], torch.tensor([2.71, 1.9, 1.0]))
-    buffer.add_episode(episode(4, 10.0), gamma=0.9, floor_reward=0.0)  # wraps around, oldest overwritten
-    assert len(buffer) == 5
-    assert sorted(buffer.storage["obs"].flatten().tolist()) == [2.0, 10.0, 11.0, 12.0, 13.0]
+    buffer.add_episode(episode(4, 10.0), gamma=0.9, floor_reward=0.0)  # 5 slots: wraps around, oldest overwritten
+    assert sorted(buffer.obs.flatten().tolist()) == [2.0, 3.0, 10.0, 11.0, 12.0, 13.0, 14.0]
+    assert len(buffer) == 5  # 2 → 3 of the first episode, and the second's 4
     batch = buffer.sample(64, torch.Generator().manual_seed(0))
     assert batch.obs.shape == (64, 1) and torch.equal(batch.next_obs, batch.obs + 1)
+    assert set(batch.obs.flatten().tolist()) == {2.0, 10.0, 11.0, 12.0, 13.0}  # final states are never sampled
 
 
 @pytest.mark.parametrize("terminated", [True, False])
@@ -76,12 +78,50 @@ def test_n_step_backup_by_hand_with_the_episode_ending_inside_the_window(termina
     targets = n_step_targets(episode, gamma=0.5, n_step=3)
     assert np.allclose(targets["rewards"], [1 + 1 + 0.75, 2 + 1.5 + 1, 3 + 2, 4])
     assert np.allclose(targets["discounts"], [0.125, 0.125, 0.25, 0.5])  # γ^k for the k steps actually taken
-    assert targets["next_obs"][:, 0].tolist() == [3, 4, 4, 4]
+    assert targets["offsets"].tolist() == [3, 3, 2, 1]  # s_{t+k}: states 3, 4, 4, 4
     # A termination inside the window: no bootstrap; a time-limit cut: bootstrap from the last state.
     assert targets["terminals"].tolist() == [False, terminated, terminated, terminated]
-    buffer = ReplayBuffer.from_episodes([episode], gamma=0.5, n_step=3)
-    assert torch.allclose(buffer.storage["rewards"], torch.tensor([2.75, 4.5, 5.0, 4.0]))
-    assert torch.allclose(buffer.storage["discounts"], torch.tensor([0.125, 0.125, 0.25, 0.5]))
+    buffer = ReplayBuffer.from_episodes([episode], gamma=0.5, horizon=3)
+    assert torch.allclose(buffer.storage["rewards"][:4], torch.tensor([2.75, 4.5, 5.0, 4.0]))
+    assert torch.allclose(buffer.storage["discounts"][:4], torch.tensor([0.125, 0.125, 0.25, 0.5]))
+    batch = buffer.sample(32, torch.Generator().manual_seed(0))
+    assert torch.equal(batch.next_obs[:, 0], torch.clamp(batch.obs[:, 0] + 3, max=4))
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_chunk_backup_by_hand_with_the_episode_ending_inside_a_chunk(terminated: bool) -> None:
+    """Chunks of H = 2 over a 3-step episode: the chunk at t holds actions t, t+1 (the last one repeated
+    past the end), the reward sum and γ^k of the k steps actually taken, and bootstraps from s_{t+k}
+    unless the episode terminated there."""
+    obs = np.arange(4, dtype=np.float32)[:, None]
+    actions = np.array([[0.1], [0.2], [0.3]], np.float32)
+    end = np.array([False, False, True])
+    episode = Episode(obs, actions, np.array([1, 2, 4], np.float32), end & terminated, end & (not terminated))
+    buffer = ReplayBuffer.from_episodes([episode], gamma=0.5, horizon=2, chunk=2)
+    assert torch.allclose(buffer.storage["actions"][:3], torch.tensor([[0.1, 0.2], [0.2, 0.3], [0.3, 0.3]]))
+    assert torch.allclose(buffer.storage["rewards"][:3], torch.tensor([1 + 0.5 * 2, 2 + 0.5 * 4, 4]))
+    assert torch.allclose(buffer.storage["discounts"][:3], torch.tensor([0.25, 0.25, 0.5]))
+    assert buffer.storage["terminals"][:3].tolist() == [0.0, float(terminated), float(terminated)]
+    batch = buffer.sample(32, torch.Generator().manual_seed(0))
+    assert torch.equal(batch.next_obs[:, 0], torch.clamp(batch.obs[:, 0] + 2, max=3))
+
+
+def test_images_are_stored_once_as_uint8() -> None:
+    spec = {"pixels": Field("image", (8, 8, 3)), "velocity": Field("vector", (2,)), "instruction": Field("text", (64,))}
+    per_slot = 8 * 8 * 3 + 4 * 2 + 64 + 4 * (2 + 5) + 1
+    assert ReplayBuffer.bytes_per_slot(spec, 2) == per_slot
+    buffer = ReplayBuffer(100, spec, 2)
+    assert buffer.nbytes == 100 * per_slot  # one observation per slot: the next one is read by index
+    assert buffer.obs["pixels"].dtype == torch.uint8 and buffer.obs["instruction"].dtype == torch.uint8
+    steps = 5
+    pixels = np.arange(steps + 1, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+    observations = {"pixels": pixels, "velocity": np.zeros((steps + 1, 2), np.float32),
+                    "instruction": np.zeros((steps + 1, 64), np.uint8)}
+    buffer.add_episode(Episode(observations, np.zeros((steps, 2), np.float32), np.ones(steps, np.float32),
+                               np.zeros(steps, bool), np.eye(1, steps, steps - 1, dtype=bool)[0]), 0.9, 0.0)
+    batch = buffer.sample(16, torch.Generator().manual_seed(0))
+    assert batch.obs["pixels"].dtype == torch.uint8
+    assert torch.equal(batch.next_obs["pixels"][:, 0, 0, 0], batch.obs["pixels"][:, 0, 0, 0] + 1)
 
 
 def test_the_monte_carlo_floor_lifts_targets_below_the_data_return() -> None:
@@ -187,17 +227,21 @@ def test_cached_policy_samples_replace_sampling_in_updates() -> None:
     buffer = ReplayBuffer.from_episodes(episodes, gamma=0.9)
     CountingPolicy.states = 0
     buffer.cache_policy_samples(agent.sample_policy, chunk=32)
-    samples, next_samples = buffer.policy_samples["policy_samples"], buffer.policy_samples["next_policy_samples"]
-    assert samples.shape == next_samples.shape == (100, 6, 1)
-    # A next state that is the following row's state reuses its samples: one draw per state, plus episode ends.
+    assert buffer.policy_samples.shape == (100 + len(episodes), 6, 1)
+    # One draw per stored state: a transition's next state shares the draw of its own slot.
     assert CountingPolicy.states == 100 + len(episodes)
-    shared = (buffer.storage["next_obs"][:99] == buffer.storage["obs"][1:]).all(dim=1)
-    assert shared.sum() == 100 - len(episodes)
-    assert torch.equal(next_samples[:99][shared], samples[1:][shared])
-    calls = CountingPolicy.calls
     batch = buffer.sample(16)
+    assert batch.policy_samples.shape == batch.next_policy_samples.shape == (16, 6, 1)
+    calls = CountingPolicy.calls
     agent.update(batch, distill=True)
     assert CountingPolicy.calls == calls  # no new draws: the cache served the update
+    # The samples handed out are those of the batch's states: mark each slot's draws with its index.
+    marked = buffer.policy_samples
+    buffer.policy_samples = torch.arange(len(marked), dtype=torch.float32)[:, None, None].expand_as(marked)
+    marks = buffer.sample(64)
+    slot, next_slot = marks.policy_samples[:, 0, 0].long(), marks.next_policy_samples[:, 0, 0].long()
+    assert torch.equal(buffer.obs[slot], marks.obs) and torch.equal(buffer.obs[next_slot], marks.next_obs)
+    assert torch.equal(next_slot, slot + 1)
     with pytest.raises(RuntimeError, match="drop_policy_samples"):
         buffer.add_episode(chain_episodes(1, np.random.default_rng(1))[0], 0.9, 0.0)
     buffer.drop_policy_samples()

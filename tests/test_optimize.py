@@ -19,9 +19,15 @@ class QuadraticCritic(nn.Module):
         super().__init__()
         self.best = torch.tensor(best)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs
+
+    def q(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         q = -((actions - self.best) ** 2).sum(-1)
         return torch.stack([q, q])
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.q(self.encode(obs), actions)
 
 
 class UniformPolicy(nn.Module):

@@ -18,6 +18,8 @@ from torch import nn
 
 from pa_rl.buffer import Batch
 from pa_rl.critic import CriticConfig, QEnsemble, make_target, polyak_update
+from pa_rl.encoders import EncoderConfig, make_encoder
+from pa_rl.observations import Obs, ObsSpec, cat_obs, to_tensor
 from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerConfig, sample_actions
 from pa_rl.policies.base import Policy
 from pa_rl.validation import require
@@ -38,6 +40,9 @@ class AgentConfig:
     gamma: float = 0.99
     # Backups over n env steps (reward sum, γ^n bootstrap): values propagate n times faster per update.
     n_step: int = 1
+    # Action chunks: the policy proposes H actions at once, executed open-loop; the critic scores the
+    # chunk, Q(s_t, a_t..a_{t+H−1}), with the H-step reward sum and a γ^H bootstrap (Q-chunking).
+    chunk: int = 1
     # TD targets no lower than the data's Monte-Carlo return-to-go, a lower bound on Q (MCAC, Wilcox et
     # al. 2022): a young critic starts from the behaviour's returns instead of climbing one Bellman
     # iteration per 1/τ updates. Exact for deterministic envs; optimistic where returns are noisy.
@@ -65,11 +70,15 @@ class AgentConfig:
     awr_max_weight: float = 100.0  # AWR weights are clipped here (IQL's value)
     critic: CriticConfig = field(default_factory=CriticConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the critic's, for image/text observations
 
     def __post_init__(self) -> None:
         require(self, "critic_lr", "bc_lr", "distill_lr", "distill_temperature", above=0)
         require(self, "cql_alpha", "bc_warmup_steps", at_least=0)
-        require(self, "cql_actions", "n_step", at_least=1)
+        require(self, "cql_actions", "n_step", "chunk", at_least=1)
+        if self.chunk > 1 and self.n_step > 1:
+            raise ValueError(f"chunk {self.chunk} already backs up over {self.chunk} env steps; leave n_step at 1 "
+                             f"(got {self.n_step})")
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
         if not 0 < self.tau <= 1:
@@ -91,13 +100,22 @@ class AgentConfig:
             raise ValueError(f"awr_temperature and awr_max_weight must be > 0, got {self.awr_temperature}, "
                              f"{self.awr_max_weight}")
 
+    @property
+    def horizon(self) -> int:
+        """Env steps one backup covers (n-step, or the chunk)."""
+        return max(self.n_step, self.chunk)
+
 
 class Agent(nn.Module):
     """Owns the policy (any class honouring :class:`~pa_rl.policies.Policy`), the critic ensemble,
     its target, and their optimizers. Knows nothing of environments or files."""
 
-    def __init__(self, policy: nn.Module, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray,
+    def __init__(self, policy: nn.Module, obs_spec: ObsSpec, action_low: np.ndarray, action_high: np.ndarray,
                  config: AgentConfig | None = None, device: str | torch.device = "cpu") -> None:
+        """``obs_spec``: a flat observation's size, or a mapping spec (:mod:`pa_rl.observations`);
+        ``action_low``/``action_high``: the env's per-step action bounds. With ``config.chunk`` H > 1
+        the policy must sample ``[B, N, H, A]`` (built-in classes: :func:`pa_rl.policies.make_policy`
+        with ``chunk=H``)."""
         super().__init__()
         if not isinstance(policy, nn.Module) or not isinstance(policy, Policy):
             raise TypeError(f"{type(policy).__name__} is not a pa-rl policy: it must be a torch.nn.Module with "
@@ -111,46 +129,56 @@ class Agent(nn.Module):
         self.device = torch.device(device)
         low = np.asarray(action_low, dtype=np.float32).reshape(-1)
         high = np.asarray(action_high, dtype=np.float32).reshape(-1)
-        self.obs_dim, self.action_dim = obs_dim, len(low)
+        self.obs_spec, self.action_dim, chunk = obs_spec, len(low), config.chunk
+        self.action_shape = (chunk, len(low)) if chunk > 1 else (len(low),)
         self.policy = policy.to(self.device)
-        self.critic = QEnsemble(obs_dim, self.action_dim, config.critic).to(self.device)
+        self.critic = QEnsemble(make_encoder(obs_spec, config.encoder), chunk * len(low), config.critic).to(self.device)
         self.target_critic = make_target(self.critic)
         critic_params = list(self.critic.parameters())
         if config.objective == "iql":
-            self.value = QEnsemble(obs_dim, 0, CriticConfig(ensemble_size=1, hidden_dims=config.critic.hidden_dims,
-                                                            layer_norm=config.critic.layer_norm)).to(self.device)
+            self.value = QEnsemble(make_encoder(obs_spec, config.encoder), 0,
+                                   CriticConfig(ensemble_size=1, hidden_dims=config.critic.hidden_dims,
+                                                layer_norm=config.critic.layer_norm)).to(self.device)
             critic_params += list(self.value.parameters())
         self.critic_optim = torch.optim.Adam(critic_params, lr=config.critic_lr)
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=config.bc_lr)
         if config.policy_improvement == "reparam":  # SAC's automatic entropy temperature, α = 1 at start
             self.log_alpha = nn.Parameter(torch.zeros((), device=self.device))
             self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.distill_lr)
-            self.target_entropy = -float(self.action_dim)
+            self.target_entropy = -float(chunk * len(low))
         self.register_buffer("action_low", torch.tensor(low, device=self.device))
         self.register_buffer("action_high", torch.tensor(high, device=self.device))
-        self.action_optimizer = ActionOptimizer(config.optimizer, self.action_low, self.action_high)
+        # The bounds of a flat chunk, as the critic and the action optimizer see actions.
+        self.register_buffer("chunk_low", self.action_low.repeat(chunk), persistent=False)
+        self.register_buffer("chunk_high", self.action_high.repeat(chunk), persistent=False)
+        self.action_optimizer = ActionOptimizer(config.optimizer, self.chunk_low, self.chunk_high, self.action_shape)
         self.bc_steps_done = 0
 
     # ---- acting -------------------------------------------------------------------------------
-    def optimize_actions(self, obs: torch.Tensor, samples: torch.Tensor | None = None) -> Candidates:
+    def optimize_actions(self, obs: Obs, samples: torch.Tensor | None = None) -> Candidates:
         """π̂'s candidates at ``obs``; ``samples`` are cached policy draws to use instead of new ones."""
         return self.action_optimizer(self.policy, self.critic, obs, samples)
 
-    def sample_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        """The optimizer's N draws of the base policy (what a sample cache stores)."""
-        return sample_actions(self.policy, obs, self.config.optimizer.num_samples)
+    def sample_policy(self, obs: Obs) -> torch.Tensor:
+        """The optimizer's N draws of the base policy, flat ``[B, N, H·A]`` (what a sample cache stores)."""
+        return sample_actions(self.policy, obs, self.config.optimizer.num_samples, self.action_shape)
 
-    def act(self, obs: np.ndarray | torch.Tensor, mode: ActMode = "argmax") -> torch.Tensor:
-        """Actions for a batch of observations: the PA-RL policy π̂ (``argmax``/``softmax``/
-        ``uniform`` choice among the optimized candidates) or one raw sample of the base ``policy``."""
-        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
-        single = obs_t.dim() == 1
-        obs_t = obs_t[None] if single else obs_t
+    def shaped(self, actions: torch.Tensor) -> torch.Tensor:
+        """Flat actions ``[B, H·A]`` → the policy's shape (``[B, A]``, or ``[B, H, A]`` for chunks)."""
+        return actions.reshape(len(actions), *self.action_shape)
+
+    def act(self, obs: object, mode: ActMode = "argmax") -> torch.Tensor:
+        """Actions for a batch of observations (arrays, tensors or mappings of them; one unbatched
+        observation gives one action): the PA-RL policy π̂ (``argmax``/``softmax``/``uniform``
+        choice among the optimized candidates) or one raw sample of the base ``policy``. With chunks,
+        each action is a ``[H, A]`` chunk to execute in order."""
+        obs_t, single = to_tensor(obs, self.obs_spec, self.device)
         if mode == "policy":
-            actions = sample_actions(self.policy, obs_t, 1)[:, 0]
-            actions = torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+            actions = sample_actions(self.policy, obs_t, 1, self.action_shape)[:, 0]
+            actions = torch.maximum(torch.minimum(actions, self.chunk_high), self.chunk_low)
         else:
             actions = self.optimize_actions(obs_t).choose(mode)
+        actions = self.shaped(actions)
         return actions[0] if single else actions
 
     # ---- learning -----------------------------------------------------------------------------
@@ -173,7 +201,7 @@ class Agent(nn.Module):
         cfg = self.config
         self.bc_steps_done += 1
         lr = cfg.bc_lr * min(1.0, self.bc_steps_done / max(cfg.bc_warmup_steps, 1))
-        return {"bc/loss": self._policy_step(lambda: self.policy.loss(batch.obs, batch.actions), lr)}
+        return {"bc/loss": self._policy_step(lambda: self.policy.loss(batch.obs, self.shaped(batch.actions)), lr)}
 
     def update(self, batch: Batch, distill: bool = False) -> dict[str, torch.Tensor]:
         """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``.
@@ -188,7 +216,7 @@ class Agent(nn.Module):
             metrics.update(self._improve_policy(batch, candidates))
         return metrics
 
-    def _target_values(self, next_obs: torch.Tensor, next_actions: torch.Tensor) -> torch.Tensor:
+    def _target_values(self, next_obs: Obs, next_actions: torch.Tensor) -> torch.Tensor:
         """min over a random subset of target members (REDQ-style) of Q̄(s', a')."""
         q = self.target_critic(next_obs, next_actions)
         members = torch.randperm(q.shape[0], device=q.device)[: self.config.target_members]
@@ -205,17 +233,17 @@ class Agent(nn.Module):
         cached = None
         if batch.policy_samples is not None and batch.next_policy_samples is not None:
             cached = torch.cat([batch.policy_samples, batch.next_policy_samples])
-        both = self.optimize_actions(torch.cat([batch.obs, batch.next_obs]), cached)
+        both = self.optimize_actions(cat_obs([batch.obs, batch.next_obs]), cached)
         current = Candidates(both.actions[:size], both.values[:size], both.initial_values[:size])
         next_actions = both.actions[size:]
         with torch.no_grad():
             best_next = next_actions[torch.arange(size, device=self.device), both.values[size:].argmax(-1)]
             target = self._backup(batch, self._target_values(batch.next_obs, best_next))
-        random_actions = self.action_low + (self.action_high - self.action_low) * torch.rand(
-            size, cfg.cql_actions, self.action_dim, device=self.device)
+        random_actions = self.chunk_low + (self.chunk_high - self.chunk_low) * torch.rand(
+            size, cfg.cql_actions, len(self.chunk_low), device=self.device)
         # Data action, random actions, π̂(s) and π̂(s') candidates: one critic pass at the states s.
         actions = torch.cat([batch.actions[:, None], random_actions, current.actions, next_actions], 1)
-        logits = self.critic.logits(batch.obs, actions)
+        logits = self.critic.logits(self.critic.encode(batch.obs), actions)  # one encoder pass per state
         values = self.critic.values(logits)  # [E, B, 1 + n + 2k]
         td_loss = self.critic.td_loss(logits[:, :, 0], target)
         q_data, q_random, q_policy = values[..., 0], values[..., 1: 1 + cfg.cql_actions], values[..., 1 + cfg.cql_actions:]
@@ -243,7 +271,7 @@ class Agent(nn.Module):
         v = self.value(batch.obs)[0]
         diff = q_target - v
         value_loss = (torch.abs(cfg.expectile - (diff < 0).float()) * diff ** 2).mean()
-        logits = self.critic.logits(batch.obs, batch.actions)
+        logits = self.critic.logits(self.critic.encode(batch.obs), batch.actions)
         td_loss = self.critic.td_loss(logits, target)
         self.critic_optim.zero_grad(set_to_none=True)
         (td_loss + value_loss).backward()
@@ -259,7 +287,8 @@ class Agent(nn.Module):
         thousands of updates (BENCHMARKS.md, critic study). Regressing on G first starts TD from
         the behaviour's values instead. The target critic is not moved here (see
         :meth:`sync_target`)."""
-        td_loss = self.critic.td_loss(self.critic.logits(batch.obs, batch.actions), batch.mc_returns)
+        td_loss = self.critic.td_loss(self.critic.logits(self.critic.encode(batch.obs), batch.actions),
+                                      batch.mc_returns)
         self.critic_optim.zero_grad(set_to_none=True)
         td_loss.backward()
         self.critic_optim.step()
@@ -292,7 +321,7 @@ class Agent(nn.Module):
                 data_values = self.action_optimizer.value(self.critic, batch.obs, batch.actions)
             candidates = candidates.with_action(batch.actions, data_values)
         targets = candidates.choose(cfg.distill_choice, cfg.distill_temperature)
-        loss = self._policy_step(lambda: self.policy.loss(batch.obs, targets), cfg.distill_lr)
+        loss = self._policy_step(lambda: self.policy.loss(batch.obs, self.shaped(targets)), cfg.distill_lr)
         # Drift: how far the targets lie from the data actions, and how often the data action is the target.
         return {"distill/loss": loss, "distill/target_drift": (targets - batch.actions).norm(dim=-1).mean(),
                 "distill/target_is_data": (targets == batch.actions).all(-1).float().mean()}
@@ -324,6 +353,6 @@ class Agent(nn.Module):
         with torch.no_grad():
             advantage = self.target_critic(batch.obs, batch.actions).min(0).values - self.value(batch.obs)[0]
             weights = torch.exp(cfg.awr_temperature * advantage).clamp(max=cfg.awr_max_weight)
-        loss = self._policy_step(lambda: -(weights * self.policy.log_prob(batch.obs, batch.actions)).mean(),
+        loss = self._policy_step(lambda: -(weights * self.policy.log_prob(batch.obs, self.shaped(batch.actions))).mean(),
                                  cfg.distill_lr)
         return {"actor/loss": loss, "actor/advantage": advantage.mean(), "actor/weight": weights.mean()}

@@ -1,4 +1,5 @@
-"""Transitions in preallocated tensors, and the Monte-Carlo return lower bounds Cal-QL needs."""
+"""Transitions in preallocated tensors (each observation stored once), and the Monte-Carlo return
+lower bounds Cal-QL needs."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import numpy as np
 import torch
 
 from pa_rl.data.episodes import Episode
+from pa_rl.observations import Field, Obs, ObsSpec, cat_obs, map_obs, split_obs
 
 
 @dataclass
 class Batch:
-    obs: torch.Tensor  # [B, obs_dim]
-    actions: torch.Tensor  # [B, action_dim]
+    obs: Obs  # [B, obs_dim], or a mapping of [B, *shape] per key
+    actions: torch.Tensor  # [B, action_dim] (an action chunk is one flat H·A vector)
     rewards: torch.Tensor  # [B]
-    next_obs: torch.Tensor  # [B, obs_dim]
+    next_obs: Obs  # the state the reward sum ends in
     terminals: torch.Tensor  # [B] float, 1 where no bootstrapping
     mc_returns: torch.Tensor  # [B]
-    discounts: torch.Tensor  # [B] γ^k, k the env steps the reward sum covers (k = n_step but at episode ends)
+    discounts: torch.Tensor  # [B] γ^k, k the env steps the reward sum covers (the horizon but at episode ends)
     # Draws of a frozen policy at obs and next_obs, [B, N, action_dim], when the buffer caches them.
     policy_samples: torch.Tensor | None = None
     next_policy_samples: torch.Tensor | None = None
@@ -35,7 +37,7 @@ class Batch:
         columns = {}
         for f in fields(Batch):
             parts = [getattr(b, f.name) for b in batches]
-            columns[f.name] = None if any(p is None for p in parts) else torch.cat(parts)
+            columns[f.name] = None if any(p is None for p in parts) else cat_obs(parts)
         return Batch(**columns)
 
 
@@ -56,81 +58,131 @@ def monte_carlo_returns(rewards: np.ndarray, gamma: float, terminated: bool, flo
 
 
 def n_step_targets(episode: Episode, gamma: float, n_step: int) -> dict[str, np.ndarray]:
-    """Per step t: the discounted reward sum over the next k = min(n, T − t) steps, the state s_{t+k}
-    to bootstrap from, γ^k, and whether s_{t+k} is terminal. A sum cut by the episode's end covers
-    only the steps taken: a terminated episode does not bootstrap, a time-limit cut bootstraps from
-    the last state reached with the discount of the steps actually taken."""
+    """Per step t: the discounted reward sum over the next k = min(n, T − t) steps, the offset k of
+    the state s_{t+k} to bootstrap from, γ^k, and whether s_{t+k} is terminal. A sum cut by the
+    episode's end covers only the steps taken: a terminated episode does not bootstrap, a time-limit
+    cut bootstraps from the last state reached with the discount of the steps actually taken. The
+    same backup serves action chunks of H steps (n = H, the Q-chunking backup)."""
     steps = len(episode)
     t = np.arange(steps)
     k = np.minimum(n_step, steps - t)
     rewards = np.zeros(steps, dtype=np.float64)
     for i in range(min(n_step, steps)):  # n is small: one shifted add per term of the sum
         rewards[: steps - i] += gamma ** i * episode.rewards[i:]
-    end = t + k
-    terminal = (end == steps) & bool(episode.terminations[-1])
-    return {"rewards": rewards, "next_obs": episode.observations[end], "terminals": terminal,
-            "discounts": gamma ** k}
+    terminal = (t + k == steps) & bool(episode.terminations[-1])
+    return {"rewards": rewards, "offsets": k, "terminals": terminal, "discounts": gamma ** k}
+
+
+def chunk_actions(actions: np.ndarray, chunk: int) -> np.ndarray:
+    """[T, A] → [T, chunk·A]: row t holds actions t..t+chunk−1; past the episode's end the last action
+    repeats (those steps are never taken: the backup stops at the end)."""
+    if chunk == 1:
+        return actions
+    index = np.minimum(np.arange(len(actions))[:, None] + np.arange(chunk), len(actions) - 1)
+    return actions[index].reshape(len(actions), -1)
+
+
+def obs_bytes(spec: ObsSpec) -> int:
+    """Bytes of one stored observation: float32 vectors, uint8 images and text."""
+    if isinstance(spec, int):
+        return 4 * spec
+    return sum(int(np.prod(f.shape)) * f.dtype.itemsize for f in spec.values())
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions, allocated once at full capacity on one device.
+    """A ring of slots in preallocated tensors, allocated once at full capacity on one device.
 
-    Episodes are added whole, so the Monte-Carlo bound and the n-step backup of each transition
-    are known when it enters. Memory is ``capacity × bytes_per_transition(obs_dim, action_dim)``
-    from the start and never grows: a 1M-transition buffer for Meta-World (39-d observations, 4-d
-    actions) takes 344 MB.
+    An episode of T steps takes T + 1 consecutive slots: slot t holds s_t and the transition from
+    it; the last holds only the final observation and is never sampled. The state a backup
+    bootstraps from, s_{t+k}, is read from slot t + k, so every observation (an image too) is stored
+    once. Episodes are added whole, so the Monte-Carlo bound and the n-step (or chunk) backup of each
+    transition are known when it enters; once full, the oldest slots are overwritten, and a
+    transition whose slot survives still finds its s_{t+k}, written after it.
+
+    Memory is ``capacity × bytes_per_slot(obs_spec, action_dim)`` from the start and never grows:
+    a 1M-slot buffer for Meta-World (39-d observations, 4-d actions) takes 193 MB, one for 64×64 RGB
+    images 12.3 GB.
     """
 
-    COLUMNS = ("obs", "actions", "rewards", "next_obs", "terminals", "mc_returns", "discounts")
+    SCALARS = ("rewards", "terminals", "mc_returns", "discounts")
 
     @staticmethod
-    def bytes_per_transition(obs_dim: int, action_dim: int) -> int:
-        """float32 obs, action, reward sum, next obs, terminal flag, Monte-Carlo return and discount."""
-        return 4 * (2 * obs_dim + action_dim + 4)
+    def bytes_per_slot(obs_spec: ObsSpec, action_dim: int) -> int:
+        """The observation, a float32 action, reward sum, terminal flag, Monte-Carlo return and
+        discount, an int32 offset to the next state and a valid flag: obs + 4·(A + 5) + 1 bytes."""
+        return obs_bytes(obs_spec) + 4 * (action_dim + 5) + 1
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in self.storage.values())
+        tensors = [*self.storage.values(), *(self.obs.values() if isinstance(self.obs, dict) else [self.obs])]
+        return sum(t.element_size() * t.nelement() for t in tensors)
 
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: str | torch.device = "cpu",
-                 n_step: int = 1) -> None:
-        if capacity < 1 or n_step < 1:
-            raise ValueError(f"buffer capacity and n_step must be ≥ 1, got {capacity}, {n_step}")
-        self.capacity, self.device, self.n_step = capacity, torch.device(device), n_step
-        shapes = {"obs": (obs_dim,), "actions": (action_dim,), "rewards": (), "next_obs": (obs_dim,),
-                  "terminals": (), "mc_returns": (), "discounts": ()}
-        self.storage = {name: torch.zeros(capacity, *shape, device=self.device) for name, shape in shapes.items()}
-        self.size = 0
+    def __init__(self, capacity: int, obs_spec: ObsSpec, action_dim: int, device: str | torch.device = "cpu",
+                 horizon: int = 1, chunk: int = 1) -> None:
+        if capacity < 2 or horizon < 1 or chunk < 1:
+            raise ValueError(f"buffer capacity must be ≥ 2 (an episode needs two slots), horizon and chunk ≥ 1, got "
+                             f"{capacity}, {horizon}, {chunk}")
+        self.capacity, self.device, self.horizon, self.chunk = capacity, torch.device(device), horizon, chunk
+        self.obs_spec = obs_spec
+        self.obs = map_obs(lambda f: torch.zeros(capacity, *f.shape, dtype=_torch_dtype(f.dtype), device=self.device),
+                           _fields(obs_spec))
+        self.storage = {"actions": torch.zeros(capacity, action_dim, device=self.device),
+                        **{name: torch.zeros(capacity, device=self.device) for name in self.SCALARS},
+                        "offsets": torch.zeros(capacity, dtype=torch.int32, device=self.device),
+                        "valid": torch.zeros(capacity, dtype=torch.bool, device=self.device)}
+        self.size = 0  # slots filled
         self.position = 0
-        self.policy_samples: dict[str, torch.Tensor] = {}
+        self.policy_samples: torch.Tensor | None = None
+        self._valid_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return self.size
+        """Transitions held (slots that start one)."""
+        return len(self.valid_index)
+
+    @property
+    def valid_index(self) -> torch.Tensor:
+        """Slots that hold a transition (recomputed once after each added episode)."""
+        if self._valid_index is None:
+            self._valid_index = self.storage["valid"][: self.size].nonzero().squeeze(1)
+        return self._valid_index
 
     def add_episode(self, episode: Episode, gamma: float, floor_reward: float) -> None:
-        """Append one episode's transitions (the oldest are overwritten once full)."""
-        if self.policy_samples:
+        """Append one episode's T + 1 slots (the oldest are overwritten once full)."""
+        if self.policy_samples is not None:
             raise RuntimeError("drop_policy_samples() before adding data: the cached samples would be misaligned")
         steps = len(episode)
         if steps == 0:
             return
         mc = monte_carlo_returns(episode.rewards, gamma, bool(episode.terminations[-1]), floor_reward)
-        columns = {"obs": episode.observations[:-1], "actions": episode.actions, "mc_returns": mc,
-                   **n_step_targets(episode, gamma, self.n_step)}
-        if steps > self.capacity:  # only the newest transitions would survive anyway
+        targets = n_step_targets(episode, gamma, self.horizon)
+        pad = lambda column: np.concatenate([np.asarray(column, np.float32), np.zeros((1, *np.shape(column)[1:]),  # noqa: E731
+                                                                                       np.float32)])
+        columns = {"actions": pad(chunk_actions(episode.actions, self.chunk)), "mc_returns": pad(mc),
+                   "rewards": pad(targets["rewards"]), "terminals": pad(targets["terminals"]),
+                   "discounts": pad(targets["discounts"]),
+                   "offsets": np.append(targets["offsets"], 0).astype(np.int32),
+                   "valid": np.arange(steps + 1) < steps}
+        observations = episode.observations
+        slots = steps + 1
+        if slots > self.capacity:  # only the newest slots would survive anyway; their next states are among them
             columns = {name: value[-self.capacity:] for name, value in columns.items()}
-            steps = self.capacity
-        index = ((self.position + torch.arange(steps)) % self.capacity).to(self.device)
+            observations = map_obs(lambda a: a[-self.capacity:], observations)
+            slots = self.capacity
+        index = ((self.position + torch.arange(slots)) % self.capacity).to(self.device)
         for name, value in columns.items():
-            self.storage[name][index] = torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
-        self.position = (self.position + steps) % self.capacity
-        self.size = min(self.size + steps, self.capacity)
+            self.storage[name][index] = torch.as_tensor(value, device=self.device)
+        for target, value in _pairs(self.obs, observations):
+            target[index] = torch.as_tensor(value, device=self.device)
+        self.position = (self.position + slots) % self.capacity
+        self.size = min(self.size + slots, self.capacity)
+        self._valid_index = None
 
     def state_dict(self) -> dict[str, object]:
         """The filled part only (a fresh 1M buffer checkpoints as nothing): copies, since torch.save
         of a view writes the whole storage behind it."""
+        filled = lambda t: t[: self.size].clone().cpu()  # noqa: E731
         return {"size": self.size, "position": self.position, "capacity": self.capacity,
-                "storage": {name: tensor[: self.size].clone().cpu() for name, tensor in self.storage.items()}}
+                "storage": {name: filled(t) for name, t in self.storage.items()}, "obs": map_obs(filled, self.obs)}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         if state["capacity"] != self.capacity:
@@ -138,62 +190,78 @@ class ReplayBuffer:
         self.drop_policy_samples()
         for name, tensor in state["storage"].items():
             self.storage[name][: len(tensor)] = tensor.to(self.device)
+        for target, value in _pairs(self.obs, state["obs"]):
+            target[: len(value)] = value.to(self.device)
         self.size, self.position = int(state["size"]), int(state["position"])
+        self._valid_index = None
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        if self.size == 0:
+        """Transitions drawn uniformly (with replacement)."""
+        valid = self.valid_index
+        if len(valid) == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        index = torch.randint(0, self.size, (batch_size,), generator=generator).to(self.device)
-        columns = {name: tensor[index] for name, tensor in (self.storage | self.policy_samples).items()}
-        return Batch(**columns)
+        index = valid[torch.randint(0, len(valid), (batch_size,), generator=generator).to(self.device)]
+        next_index = (index + self.storage["offsets"][index]) % self.capacity
+        columns = {name: self.storage[name][index] for name in ("actions", *self.SCALARS)}
+        cached = {}
+        if self.policy_samples is not None:
+            cached = {"policy_samples": self.policy_samples[index], "next_policy_samples": self.policy_samples[next_index]}
+        return Batch(obs=map_obs(lambda t: t[index], self.obs), next_obs=map_obs(lambda t: t[next_index], self.obs),
+                     **columns, **cached)
 
-    def cache_policy_samples(self, sample: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096,
+    def cache_policy_samples(self, sample: Callable[[Obs], torch.Tensor], chunk: int = 4096,
                              progress: bool = False) -> None:
-        """Draw policy samples for every stored obs and next_obs once, and hand them out with each batch.
+        """Draw policy samples for every stored state once, and hand them out with each batch.
 
         Valid only while the policy is frozen (the offline phase without distillation, as in the
         reference code): it replaces the dominant cost of an update, sampling B×N actions twice.
-        Inside an episode ``next_obs[i]`` is ``obs[i + n]``; such states share their samples, so
-        only episode ends are drawn twice and the cache costs about one draw per transition.
-        Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
+        One draw per slot serves both the state of a transition and the states that bootstrap from
+        it. Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
         """
         from pa_rl.progress import progress_bar
 
-        obs, next_obs = self.storage["obs"][: self.size], self.storage["next_obs"][: self.size]
-        n = self.n_step
-        shared = torch.zeros(self.size, dtype=torch.bool, device=self.device)
-        shared[:-n] = (next_obs[:-n] == obs[n:]).all(dim=1)
-        ends = next_obs[~shared]
-        with progress_bar(self.size + len(ends), "caching policy samples", progress, leave=False) as bar:
-            def draw(states: torch.Tensor) -> torch.Tensor:
-                parts = []
-                for start in range(0, len(states), chunk):
-                    parts.append(sample(states[start: start + chunk]))
-                    bar.update(len(parts[-1]))
-                return torch.cat(parts)
-
-            samples = draw(obs)
-            next_samples = samples.roll(-n, dims=0)  # row i gets row i + n's samples; ends are redrawn
-            next_samples[~shared] = draw(ends)
-        self.policy_samples = {"policy_samples": samples, "next_policy_samples": next_samples}
+        with progress_bar(self.size, "caching policy samples", progress, leave=False) as bar:
+            parts = []
+            for block in split_obs(map_obs(lambda t: t[: self.size], self.obs), chunk):
+                parts.append(sample(block))
+                bar.update(len(parts[-1]))
+        self.policy_samples = torch.cat(parts)
 
     def drop_policy_samples(self) -> None:
-        self.policy_samples = {}
+        self.policy_samples = None
 
     @classmethod
     def from_episodes(cls, episodes: Sequence[Episode], gamma: float, capacity: int | None = None,
                       device: str | torch.device = "cpu", floor_reward: float | None = None,
-                      n_step: int = 1) -> ReplayBuffer:
-        """A buffer holding ``episodes`` (capacity defaults to their total length)."""
+                      horizon: int = 1, chunk: int = 1, obs_spec: ObsSpec | None = None) -> ReplayBuffer:
+        """A buffer holding ``episodes`` (capacity defaults to their slots: transitions + episodes);
+        ``obs_spec`` defaults to the flat episodes' observation size."""
         if not episodes or sum(len(e) for e in episodes) == 0:
             raise ValueError("no transitions: the episode list is empty")
-        obs_dim, action_dim = episodes[0].observations.shape[1], episodes[0].actions.shape[1]
-        total = sum(len(e) for e in episodes)
-        buffer = cls(capacity or total, obs_dim, action_dim, device, n_step)
+        first = episodes[0]
+        if obs_spec is None:
+            if isinstance(first.observations, dict):
+                raise ValueError("mapping observations need their obs_spec (pa_rl.observations.spec_of_space)")
+            obs_spec = first.observations.shape[1]
+        slots = sum(len(e) + 1 for e in episodes if len(e))
+        buffer = cls(capacity or slots, obs_spec, first.actions.shape[1] * chunk, device, horizon, chunk)
         floor = min(float(e.rewards.min()) for e in episodes if len(e)) if floor_reward is None else floor_reward
         for episode in episodes:
             buffer.add_episode(episode, gamma, floor)
         return buffer
+
+
+def _fields(spec: ObsSpec) -> Field | dict[str, Field]:
+    return Field("vector", (spec,)) if isinstance(spec, int) else spec
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.uint8 if dtype == np.uint8 else torch.float32
+
+
+def _pairs(storage: Obs, obs: object) -> list[tuple[torch.Tensor, object]]:
+    """(stored tensor, given array) per key of the buffer's observations (one pair for a flat one)."""
+    return [(storage[key], obs[key]) for key in storage] if isinstance(storage, dict) else [(storage, obs)]
 
 
 def free_memory(device: torch.device) -> int:
@@ -206,13 +274,15 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_buffer_fits(capacity: int, obs_dim: int, action_dim: int, device: str | torch.device) -> None:
+def check_buffer_fits(capacity: int, obs_spec: ObsSpec, action_dim: int, device: str | torch.device) -> int:
     """Refuse, before allocating, a replay buffer larger than the free memory, saying what fits:
-    allocating it would fail with a raw allocator error, or be killed by the OOM killer later."""
+    allocating it would fail with a raw allocator error, or be killed by the OOM killer later.
+    Returns the bytes it will take."""
     device = torch.device(device)
-    per_transition = ReplayBuffer.bytes_per_transition(obs_dim, action_dim)
+    per_slot = ReplayBuffer.bytes_per_slot(obs_spec, action_dim)
     free = free_memory(device)
-    if capacity * per_transition > free:
-        raise ValueError(f"an online replay buffer of {capacity:,} transitions needs "
-                         f"{capacity * per_transition / 1e9:.1f} GB but {free / 1e9:.1f} GB are free on {device}: at "
-                         f"most {free // per_transition:,} fit; lower --train.online-buffer-size")
+    if capacity * per_slot > free:
+        raise ValueError(f"an online replay buffer of {capacity:,} slots ({per_slot:,} bytes each) needs "
+                         f"{capacity * per_slot / 1e9:.1f} GB but {free / 1e9:.1f} GB are free on {device}: at "
+                         f"most {free // per_slot:,} fit; lower --train.online-buffer-size")
+    return capacity * per_slot

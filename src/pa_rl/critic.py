@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pa_rl.encoders import FlatEncoder
 from pa_rl.validation import require
 
 
@@ -62,16 +63,19 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class QEnsemble(nn.Module):
-    """E critics Q_e(s, a) (or values V_e(s) when ``action_dim`` is 0) with stacked weights.
+    """E critics Q_e(s, a) (or values V_e(s) when ``action_dim`` is 0) with stacked weights, on the
+    features of one observation encoder that all members share.
 
-    ``forward`` returns expected values ``[E, *batch]``; ``logits`` the categorical head's
-    ``[E, *batch, bins]`` when distributional.
+    ``obs`` is an encoder (:func:`pa_rl.encoders.make_encoder`) or a flat observation's size.
+    ``forward`` returns expected values ``[E, *batch]``; ``encode`` then ``logits`` split it, so a
+    caller that scores many actions per state runs the encoder once.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, config: CriticConfig | None = None) -> None:
+    def __init__(self, obs: int | nn.Module, action_dim: int, config: CriticConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or CriticConfig()
-        members, layers, in_dim = config.ensemble_size, [], obs_dim + action_dim
+        self.encoder = FlatEncoder(obs) if isinstance(obs, int) else obs
+        members, layers, in_dim = config.ensemble_size, [], self.encoder.out_dim + action_dim
         for width in config.hidden_dims:
             layers += [EnsembleLinear(members, in_dim, width),
                        EnsembleLayerNorm(members, width) if config.layer_norm else nn.Identity(), nn.ReLU()]
@@ -85,15 +89,20 @@ class QEnsemble(nn.Module):
     def ensemble_size(self) -> int:
         return self.config.ensemble_size
 
-    def logits(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw head output ``[E, *batch, out]``; obs ``[*batch, obs_dim]``, actions ``[*batch, A]``."""
+    def encode(self, obs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Observations ``[B, ...]`` → features ``[B, F]`` (the identity for flat observations)."""
+        return self.encoder(obs)
+
+    def logits(self, features: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw head output ``[E, *batch, out]`` from ``encode``'s features ``[B, F]`` and actions
+        ``[B, A]`` or ``[B, K, A]`` (K candidate actions per state)."""
+        x = features
         if actions is not None:
-            while obs.dim() < actions.dim():  # one state, several candidate actions
-                obs = obs.unsqueeze(-2)
-            obs = obs.expand(*actions.shape[:-1], obs.shape[-1])
-            obs = torch.cat([obs, actions], dim=-1)
-        batch_shape = obs.shape[:-1]
-        out = self.net(obs.reshape(-1, obs.shape[-1]))
+            while x.dim() < actions.dim():  # one state, several candidate actions
+                x = x.unsqueeze(-2)
+            x = torch.cat([x.expand(*actions.shape[:-1], x.shape[-1]), actions], dim=-1)
+        batch_shape = x.shape[:-1]
+        out = self.net(x.reshape(-1, x.shape[-1]))
         return out.view(self.ensemble_size, *batch_shape, out.shape[-1])
 
     def values(self, logits: torch.Tensor) -> torch.Tensor:
@@ -102,8 +111,12 @@ class QEnsemble(nn.Module):
             return logits.softmax(-1) @ self.support
         return logits.squeeze(-1)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.values(self.logits(obs, actions))
+    def q(self, features: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Expected values ``[E, *batch]`` at encoded states."""
+        return self.values(self.logits(features, actions))
+
+    def forward(self, obs: torch.Tensor | dict[str, torch.Tensor], actions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.q(self.encode(obs), actions)
 
     def two_hot(self, target: torch.Tensor) -> torch.Tensor:
         """Target values → probabilities on the two nearest support atoms (mean preserved)."""
@@ -126,10 +139,10 @@ class QEnsemble(nn.Module):
 
 
 def make_target(critic: nn.Module) -> nn.Module:
-    """A frozen copy for bootstrapping, moved by ``polyak_update``."""
+    """A frozen copy for bootstrapping, moved by ``polyak_update`` (in eval mode: no augmentation)."""
     target = copy.deepcopy(critic)
     target.requires_grad_(False)
-    return target
+    return target.eval()
 
 
 @torch.no_grad()

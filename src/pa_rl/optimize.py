@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pa_rl.critic import QEnsemble
+from pa_rl.observations import Obs, batch_size
 from pa_rl.validation import require
 
 ChooseMode = Literal["argmax", "softmax", "uniform"]
@@ -83,52 +84,70 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def sample_actions(policy: nn.Module, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """``policy.sample`` in eval mode without autograd, with its output checked against the contract."""
+def sample_actions(policy: nn.Module, obs: Obs, num_samples: int, action_shape: tuple[int, ...] | None = None
+                   ) -> torch.Tensor:
+    """``policy.sample`` in eval mode without autograd, checked against the contract (``[B, N, A]``, or
+    ``[B, N, H, A]`` for chunks: ``action_shape`` (H, A)) and returned flat: ``[B, N, H·A]``."""
     with torch.no_grad(), evaluating(policy):
         actions = policy.sample(obs, num_samples)
-    if not isinstance(actions, torch.Tensor) or actions.dim() != 3 or actions.shape[:2] != (obs.shape[0], num_samples):
+    rows = batch_size(obs)
+    trailing = ("action_dim",) if action_shape is None else action_shape
+    if (not isinstance(actions, torch.Tensor) or actions.shape[:2] != (rows, num_samples)
+            or actions.dim() != 2 + len(trailing) or (action_shape is not None and actions.shape[2:] != action_shape)):
         shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
-        raise TypeError(f"{type(policy).__name__}.sample(obs, {num_samples}) must return a tensor "
-                        f"[{obs.shape[0]}, {num_samples}, action_dim], got {shape}")
-    return actions
+        expected = ", ".join(str(d) for d in (rows, num_samples, *trailing))
+        raise TypeError(f"{type(policy).__name__}.sample(obs, {num_samples}) must return a tensor [{expected}], "
+                        f"got {shape}")
+    return actions.flatten(2)
 
 
 class ActionOptimizer:
-    """π̂: global (top-k of N samples) then local (T clipped gradient-ascent steps) optimization."""
+    """π̂: global (top-k of N samples) then local (T clipped gradient-ascent steps) optimization.
+
+    Actions are flat to it: an action chunk [H, A] is one H·A vector (``action_shape`` is what the
+    policy samples). The critic encodes each state once (``critic.encode``) and scores all its
+    candidates and local steps on those features (``critic.q``)."""
 
     def __init__(self, config: OptimizerConfig, action_low: np.ndarray | torch.Tensor,
-                 action_high: np.ndarray | torch.Tensor) -> None:
+                 action_high: np.ndarray | torch.Tensor, action_shape: tuple[int, ...] | None = None) -> None:
         self.config = config
         self.low = torch.as_tensor(action_low, dtype=torch.float32)  # a tensor keeps its device
         self.high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.action_shape = action_shape
 
-    def value(self, critic: QEnsemble, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The ensemble reduced as the optimizer sees it (mean or min over members)."""
-        q = critic(obs, actions)
+    def reduce(self, q: torch.Tensor) -> torch.Tensor:
+        """The ensemble's values [E, ...] reduced as the optimizer sees them (mean or min over members)."""
         return q.mean(0) if self.config.objective == "mean" else q.min(0).values
 
-    def __call__(self, policy: nn.Module, critic: QEnsemble, obs: torch.Tensor,
-                 samples: torch.Tensor | None = None) -> Candidates:
-        """Optimize actions for ``obs [B, D]``; ``samples [B, N, A]`` may be passed in (e.g. cached
-        draws of a frozen policy) instead of being drawn now."""
+    def value(self, critic: QEnsemble, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) as π̂ sees it: reduced over members, the critic in eval mode (no augmentation)."""
+        with evaluating(critic):
+            return self.reduce(critic(obs, actions))
+
+    def __call__(self, policy: nn.Module, critic: QEnsemble, obs: Obs, samples: torch.Tensor | None = None
+                 ) -> Candidates:
+        """Optimize actions for a batch of observations; ``samples [B, N, A]`` may be passed in (e.g.
+        cached draws of a frozen policy) instead of being drawn now."""
         cfg = self.config
         if samples is None:
-            samples = sample_actions(policy, obs, cfg.num_samples)
-        chunk = cfg.chunk_states or len(obs)
-        if len(obs) <= chunk:
-            return self._optimize(critic, obs, samples)
-        parts = [self._optimize(critic, o, a) for o, a in zip(obs.split(chunk), samples.split(chunk))]
+            samples = sample_actions(policy, obs, cfg.num_samples, self.action_shape)
+        with torch.no_grad(), evaluating(critic):
+            features = critic.encode(obs)
+        chunk = cfg.chunk_states or len(features)
+        if len(features) <= chunk:
+            return self._optimize(critic, features, samples)
+        parts = [self._optimize(critic, f, a) for f, a in zip(features.split(chunk), samples.split(chunk))]
         return Candidates(*(torch.cat(column) for column in zip(*((p.actions, p.values, p.initial_values)
                                                                    for p in parts))))
 
-    def _optimize(self, critic: QEnsemble, obs: torch.Tensor, samples: torch.Tensor) -> Candidates:
-        """Global then local optimization of given samples; states are independent of each other."""
+    def _optimize(self, critic: QEnsemble, features: torch.Tensor, samples: torch.Tensor) -> Candidates:
+        """Global then local optimization of given samples at encoded states; states are independent."""
         cfg = self.config
-        low, high = self.low.to(obs.device), self.high.to(obs.device)
+        low, high = self.low.to(samples.device), self.high.to(samples.device)
         samples = torch.maximum(torch.minimum(samples, high), low)
+        score = lambda actions: self.reduce(critic.q(features, actions))  # noqa: E731
         with torch.no_grad():
-            values = self.value(critic, obs, samples)  # [B, N]
+            values = score(samples)  # [B, N]
             if cfg.top_k < samples.shape[1]:
                 values, index = values.topk(cfg.top_k, dim=-1)
                 samples = samples.gather(1, index[..., None].expand(-1, -1, samples.shape[-1]))
@@ -144,12 +163,12 @@ class ActionOptimizer:
         for step in range(cfg.local_steps):
             actions = actions.detach().requires_grad_(True)
             with torch.enable_grad():
-                values = self.value(critic, obs, actions)
+                values = score(actions)
                 (grad,) = torch.autograd.grad(values.sum(), actions)
             if step > 0:  # step 0 re-evaluates the top-k themselves
                 keep_best(actions, values)
             actions = torch.maximum(torch.minimum(actions.detach() + cfg.step_size * grad, high), low)
         if cfg.local_steps > 0:
             with torch.no_grad():
-                keep_best(actions, self.value(critic, obs, actions))
+                keep_best(actions, score(actions))
         return Candidates(best_actions.detach(), best_values.detach(), initial)

@@ -19,11 +19,14 @@ class Policy(Protocol):
     """
 
     def sample(self, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """``obs [B, *obs_shape]`` → ``actions [B, num_samples, action_dim]`` in env action units."""
+        """``obs`` (a tensor ``[B, ...]``, or a mapping of them for Dict observations) → ``actions
+        [B, num_samples, action_dim]`` in env action units (``[B, num_samples, H, action_dim]`` when the
+        agent acts in chunks of H steps)."""
         ...
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The class's own supervised loss (scalar) for fitting ``actions [B, action_dim]``."""
+        """The class's own supervised loss (scalar) for fitting ``actions [B, action_dim]`` (``[B, H,
+        action_dim]`` for chunks)."""
         ...
 
 
@@ -31,11 +34,13 @@ class ActionScaler(nn.Module):
     """Maps env actions in a Box [low, high] to [-1, 1] and back.
 
     Built-in classes model actions in [-1, 1]; the bounds travel with the module's state dict so a
-    saved policy samples in the right units.
+    saved policy samples in the right units. Bounds of shape (H, A) describe an action chunk: the
+    class models it as one flat H·A vector (``normalize`` flattens, ``unflatten`` restores the shape).
     """
 
     def __init__(self, low: np.ndarray | torch.Tensor, high: np.ndarray | torch.Tensor) -> None:
         super().__init__()
+        self.shape = tuple(np.shape(low))
         low_t = torch.tensor(np.asarray(low), dtype=torch.float32).flatten()
         high_t = torch.tensor(np.asarray(high), dtype=torch.float32).flatten()
         if low_t.shape != high_t.shape:
@@ -52,12 +57,19 @@ class ActionScaler(nn.Module):
         return self.low.numel()
 
     def normalize(self, actions: torch.Tensor) -> torch.Tensor:
-        return 2.0 * (actions - self.low) / (self.high - self.low) - 1.0
+        """Env actions ``[..., *shape]`` → flat unit actions ``[..., action_dim]``."""
+        flat = actions.reshape(*actions.shape[: actions.dim() - len(self.shape)], -1)
+        return 2.0 * (flat - self.low) / (self.high - self.low) - 1.0
+
+    def unflatten(self, actions: torch.Tensor) -> torch.Tensor:
+        """Flat actions ``[..., action_dim]`` → ``[..., *shape]``."""
+        return actions.reshape(*actions.shape[:-1], *self.shape)
 
     def unnormalize(self, unit_actions: torch.Tensor) -> torch.Tensor:
         return self.low + (unit_actions.clamp(-1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
 
 
-def repeat_obs(obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """[B, D] → [B·N, D], sample-major within each state, so a reshape to [B, N, ...] undoes it."""
-    return obs.repeat_interleave(num_samples, dim=0)
+def repeat_obs(features: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """[B, F] → [B·N, F], sample-major within each state, so a reshape to [B, N, ...] undoes it.
+    Repeat encoded features, not raw observations: the encoder then runs once per state."""
+    return features.repeat_interleave(num_samples, dim=0)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pa_rl.encoders import EncoderConfig, make_encoder
+from pa_rl.observations import Obs, ObsSpec
 from pa_rl.policies.base import ActionScaler, repeat_obs
 from pa_rl.policies.nets import Denoiser, check_denoiser_config
 
@@ -23,6 +25,7 @@ class DiffusionConfig:
     num_blocks: int = 3
     time_dim: int = 128
     dropout: float = 0.1
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # for image/text observations
 
     def __post_init__(self) -> None:
         check_denoiser_config(self)
@@ -38,12 +41,13 @@ def cosine_betas(steps: int, s: float = 0.008) -> torch.Tensor:
 class DiffusionPolicy(nn.Module):
     """Denoising diffusion over actions normalized to [-1, 1]; loss is the DDPM ε-prediction MSE."""
 
-    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray,
+    def __init__(self, obs_spec: ObsSpec, action_low: np.ndarray, action_high: np.ndarray,
                  config: DiffusionConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or DiffusionConfig()
         self.scaler = ActionScaler(action_low, action_high)
-        self.denoiser = Denoiser(obs_dim, self.scaler.action_dim, config.hidden_dim, config.num_blocks,
+        self.encoder = make_encoder(obs_spec, config.encoder)
+        self.denoiser = Denoiser(self.encoder.out_dim, self.scaler.action_dim, config.hidden_dim, config.num_blocks,
                                  config.time_dim, config.dropout)
         betas = cosine_betas(config.steps)
         alphas = 1 - betas
@@ -63,23 +67,24 @@ class DiffusionPolicy(nn.Module):
     def _time(self, t: torch.Tensor) -> torch.Tensor:
         return (t.float() + 1) / self.config.steps
 
-    def loss(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         x0 = self.scaler.normalize(actions)
         t = torch.randint(0, self.config.steps, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.sqrt_alpha_bar[t, None] * x0 + self.sqrt_one_minus_alpha_bar[t, None] * noise
-        return F.mse_loss(self.denoiser(x_t, self._time(t), obs), noise)
+        return F.mse_loss(self.denoiser(x_t, self._time(t), self.encoder(obs)), noise)
 
-    def sample(self, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-        batch = obs.shape[0]
-        cond = repeat_obs(obs, num_samples)
-        x = torch.randn(len(cond), self.scaler.action_dim, device=obs.device)
+    def sample(self, obs: Obs, num_samples: int) -> torch.Tensor:
+        features = self.encoder(obs)
+        batch = len(features)
+        cond = repeat_obs(features, num_samples)
+        x = torch.randn(len(cond), self.scaler.action_dim, device=features.device)
         for step in reversed(range(self.config.steps)):
-            t = torch.full((len(cond),), step, device=obs.device)
+            t = torch.full((len(cond),), step, device=features.device)
             eps = self.denoiser(x, self._time(t), cond)
             # Clipping the x_0 estimate keeps few-step samplers inside the action box.
             x0 = ((x - self.sqrt_one_minus_alpha_bar[step] * eps) / self.sqrt_alpha_bar[step]).clamp(-1, 1)
             x = self.post_c0[step] * x0 + self.post_ct[step] * x
             if step > 0:
                 x = x + self.post_std[step] * torch.randn_like(x)
-        return self.scaler.unnormalize(x).reshape(batch, num_samples, -1)
+        return self.scaler.unflatten(self.scaler.unnormalize(x).reshape(batch, num_samples, -1))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pa_rl.encoders import EncoderConfig, make_encoder
+from pa_rl.observations import Obs, ObsSpec
 from pa_rl.policies.base import ActionScaler, repeat_obs
 from pa_rl.validation import require
 
@@ -25,6 +27,7 @@ class TokenConfig:
     heads: int = 8
     dropout: float = 0.1
     temperature: float = 1.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # for image/text observations
 
     def __post_init__(self) -> None:
         require(self, "bins", at_least=2)
@@ -68,13 +71,14 @@ class TokenPolicy(nn.Module):
     token embeddings are separate per action dimension because bin j means a different thing in each.
     """
 
-    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray,
+    def __init__(self, obs_spec: ObsSpec, action_low: np.ndarray, action_high: np.ndarray,
                  config: TokenConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or TokenConfig()
         self.scaler = ActionScaler(action_low, action_high)
         dims = self.scaler.action_dim
-        self.obs_embed = nn.Linear(obs_dim, config.width)
+        self.encoder = make_encoder(obs_spec, config.encoder)
+        self.obs_embed = nn.Linear(self.encoder.out_dim, config.width)
         self.token_embed = nn.Embedding(dims * config.bins, config.width)
         self.pos_embed = nn.Parameter(torch.zeros(dims, config.width))
         self.blocks = nn.ModuleList(Block(config.width, config.heads, config.dropout) for _ in range(config.layers))
@@ -88,23 +92,24 @@ class TokenPolicy(nn.Module):
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.scaler.unnormalize((tokens.float() + 0.5) / self.config.bins * 2 - 1)
 
-    def _embed(self, obs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Inputs for positions 0..L: the observation, then the tokens of dimensions 0..L-1."""
+    def _embed(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Inputs for positions 0..L: the encoded observation, then the tokens of dimensions 0..L-1."""
         length = tokens.shape[1]
         tok = self.token_embed(tokens + self.dim_offset[:length])
-        return torch.cat([self.obs_embed(obs)[:, None], tok], 1) + self.pos_embed[: length + 1]
+        return torch.cat([self.obs_embed(features)[:, None], tok], 1) + self.pos_embed[: length + 1]
 
-    def loss(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         tokens = self.tokenize(actions)
-        x = self._embed(obs, tokens[:, :-1])
+        x = self._embed(self.encoder(obs), tokens[:, :-1])
         for block in self.blocks:
             x = block(x)
         logits = self.head(x)
         return F.cross_entropy(logits.reshape(-1, self.config.bins), tokens.reshape(-1))
 
-    def sample(self, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-        batch = obs.shape[0]
-        cond = repeat_obs(obs, num_samples)
+    def sample(self, obs: Obs, num_samples: int) -> torch.Tensor:
+        features = self.encoder(obs)
+        batch = len(features)
+        cond = repeat_obs(features, num_samples)
         cache: KVCache = []
         tokens: list[torch.Tensor] = []
         for dim in range(self.scaler.action_dim):
@@ -114,4 +119,4 @@ class TokenPolicy(nn.Module):
                 x = block(x, cache, layer)
             logits = self.head(x[:, -1]) / max(self.config.temperature, 1e-6)
             tokens.append(torch.multinomial(logits.softmax(-1), 1))
-        return self.detokenize(torch.cat(tokens, 1)).reshape(batch, num_samples, -1)
+        return self.scaler.unflatten(self.detokenize(torch.cat(tokens, 1)).reshape(batch, num_samples, -1))
