@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -231,6 +232,7 @@ def write_dataset(
     requirements: list[str],
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    raw_images: bool = False,
 ) -> str:
     """Write episode buffers as a Minari dataset under ``out_dir`` and return its directory.
 
@@ -238,6 +240,9 @@ def write_dataset(
     temporary root next to the destination and renamed into place only once complete, so a crash
     never leaves a partial dataset under a loadable id; the next write into that root removes a
     killed write's temporary root.
+
+    ``raw_images`` stores image observations as they are (uint8 arrays, gzip-compressed in the HDF5
+    file) instead of minari's default lossy JPEG, so that loaded frames equal the env's renders.
     """
     namespace = parse_dataset_id(dataset_id)[0]
     root = (Path(out_dir) if out_dir is not None else datasets_root()).resolve()  # minari needs it absolute
@@ -260,7 +265,10 @@ def write_dataset(
                 author="pa-rl",
                 description=description,
                 requirements=requirements,
+                **_raw_images_option(raw_images),
             )
+        if raw_images:
+            _compress_images(tmp_root / dataset_id / "data")
         if namespace is not None:
             for part in range(1, len(namespace.split("/")) + 1):
                 ns = "/".join(namespace.split("/")[:part])
@@ -416,6 +424,41 @@ def _refuse_untrusted_code(metadata: dict, id_or_path: str, trust_env: Sequence[
 
 
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AssertionError, AttributeError, json.JSONDecodeError)
+
+
+def _raw_images_option(raw_images: bool) -> dict[str, bool]:
+    """``jpeg_encoding=False`` where minari has the option (0.5.4 on; earlier versions store images raw)."""
+    if raw_images and "jpeg_encoding" in inspect.signature(minari.create_dataset_from_buffers).parameters:
+        return {"jpeg_encoding": False}
+    return {}
+
+
+def _compress_images(data_dir: Path) -> None:
+    """Rewrite ``main_data.hdf5`` with its image arrays (uint8, [N, H, W, C]) gzip-compressed (h5py
+    reads them back transparently), then update the size minari records in ``metadata.json``."""
+    path = data_dir / "main_data.hdf5"
+    packed = data_dir / "main_data.hdf5.packing"
+
+    def copy(source: h5py.Group, target: h5py.Group) -> None:
+        target.attrs.update(source.attrs)
+        for name, item in source.items():
+            if isinstance(item, h5py.Group):
+                copy(item, target.create_group(name, track_order=True))
+            elif item.dtype == np.uint8 and item.ndim == 4 and len(item):
+                target.create_dataset(name, data=item[()], chunks=(min(len(item), 64), *item.shape[1:]),
+                                      maxshape=(None, *item.shape[1:]), compression="gzip", compression_opts=4)
+                target[name].attrs.update(item.attrs)
+            else:
+                source.copy(item, target, name=name)
+
+    with h5py.File(path, "r") as source, h5py.File(packed, "w", track_order=True) as target:
+        copy(source, target)
+    packed.replace(path)
+    metadata_path = data_dir / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    if "dataset_size" in metadata:  # minari's own measure: MB of the data folder, one decimal
+        metadata["dataset_size"] = round(sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file()) / 1e6, 1)
+        metadata_path.write_text(json.dumps(metadata))
 
 
 def _obs_spec(space: gym.spaces.Space, dataset_id: str) -> ObsSpec:

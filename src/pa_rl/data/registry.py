@@ -30,6 +30,10 @@ def _generators() -> tuple[dict[str, Generator], list[str]]:
     else:
         for maze in pointmaze.MAZES:
             generators[f"pointmaze-{maze}"] = functools.partial(pointmaze.generate, maze)
+        from pa_rl.data.pointmaze_pixels import INSTRUCTIONS
+
+        for maze in INSTRUCTIONS:
+            generators[f"pointmaze-{maze}-pixels"] = functools.partial(pointmaze.generate, maze, pixels=True)
     try:
         from pa_rl.data import metaworld
     except ImportError as e:
