@@ -256,7 +256,8 @@ def test_a_sub_space_pa_rl_cannot_take_is_named(tmp_path: Path, monkeypatch, sub
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     space = gym.spaces.Dict({"camera": IMAGE, "mode": sub})
     observations = {"camera": np.zeros((5, 32, 32, 3), np.uint8), "mode": np.stack([sub.sample() for _ in range(5)])}
-    minari.create_dataset_from_buffers("test/sub-v0", [_buffer(observations)], observation_space=space, action_space=ACT)
+    minari.create_dataset_from_buffers("test/sub-v0", [_buffer(observations)], observation_space=space,
+                                       action_space=ACT)
     with pytest.raises(DataError, match=f"Dataset 'test/sub-v0': observation key 'mode' is a {type(sub).__name__} "
                                         r"space; pa-rl takes Box vectors, .* Convert that key"):
         load_dataset(str(tmp_path / "test" / "sub-v0"))
@@ -267,12 +268,13 @@ def test_a_long_instruction_is_cut_with_a_warning(tmp_path: Path, monkeypatch) -
     long = "move " * 20  # 100 bytes
     space = gym.spaces.Dict({"camera": IMAGE, "instruction": gym.spaces.Text(200, charset=CHARSET)})
     observations = {"camera": np.zeros((5, 32, 32, 3), np.uint8), "instruction": ["go"] * 2 + [long] * 3}
-    minari.create_dataset_from_buffers("test/long-v0", [_buffer(observations)], observation_space=space,
+    minari.create_dataset_from_buffers("test/long-v0", [_buffer(observations)] * 3, observation_space=space,
                                        action_space=ACT)
     with pytest.warns(UserWarning, match="episode 0, step 2: instruction key 'instruction' has 100 UTF-8 bytes; "
-                                         "pa-rl keeps the first 64"):
+                                         "pa-rl keeps the first 64") as warned:
         data = load_dataset(str(tmp_path / "test" / "long-v0"))
-    assert decode_text(data.episodes[0].observations["instruction"][4]) == long.encode()[:TEXT_LENGTH].decode()
+    assert len([w for w in warned if "UTF-8 bytes" in str(w.message)]) == 1  # once, not once an episode
+    assert decode_text(data.episodes[2].observations["instruction"][4]) == long.encode()[:TEXT_LENGTH].decode()
 
 
 def test_the_cli_exits_2_with_the_message_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:

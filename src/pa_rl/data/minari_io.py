@@ -201,9 +201,10 @@ def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDatase
 
     if not episode_ids:
         raise DataError(f"Dataset {dataset_id!r} ({data_dir}) has no episodes.")
-    episodes = []
+    episodes: list[Episode] = []
+    cut: set[str] = set()  # instruction keys warned of as too long
     for ep in _read_episodes(dataset, episode_ids, data_dir):
-        episode = _convert_episode(ep, observation_space, obs_spec, action_space, dataset_id)
+        episode = _convert_episode(ep, observation_space, obs_spec, action_space, dataset_id, cut)
         check_episode(episode, f"Dataset {dataset_id!r}, episode {ep.id}", action_low, action_high)
         episodes.append(episode)
     if sum(len(ep) for ep in episodes) == 0:
@@ -488,7 +489,8 @@ def _layout(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix or "/", type(space).__name__)]
 
 
-def _read_episodes(dataset: minari.MinariDataset, episode_ids: list[int], data_dir: Path) -> Iterator[minari.EpisodeData]:
+def _read_episodes(dataset: minari.MinariDataset, episode_ids: list[int],
+                   data_dir: Path) -> Iterator[minari.EpisodeData]:
     """The data set's episodes one by one (one in memory at a time); one that minari cannot decode is
     diagnosed from the file, so that the message names its key, episode and step."""
     episodes = dataset.iterate_episodes(episode_ids)
@@ -570,8 +572,9 @@ def _minari_image(space: gym.spaces.Box) -> bool:
     return bool(minari_image_space(space))
 
 
-def _check_stored(space: gym.spaces.Space, data: Any, path: str, where: str) -> None:
-    """Raise :class:`DataError` naming the key (and step) where decoded observations do not fit their space."""
+def _check_stored(space: gym.spaces.Space, data: Any, path: str, where: str, cut: set[str]) -> None:
+    """Raise :class:`DataError` naming the key (and step) where decoded observations do not fit their space;
+    warn of the first instruction of each key (``cut`` holds those warned of) that is too long to keep whole."""
     if isinstance(space, gym.spaces.Dict):
         if not isinstance(data, Mapping):
             raise DataError(f"{where}: observation key {path or '/'!r} holds a {type(data).__name__} where the "
@@ -583,7 +586,7 @@ def _check_stored(space: gym.spaces.Space, data: Any, path: str, where: str) -> 
                 raise DataError(f"{where}: observation key {name!r} is missing (stored keys: {sorted(data)}). Record "
                                 "every key of the observation space (or drop it from the space) and rewrite the "
                                 "dataset.")
-            _check_stored(sub, data[key], name, where)
+            _check_stored(sub, data[key], name, where, cut)
         return
     key = _key_name(path, space)
     if isinstance(space, gym.spaces.Text):
@@ -592,7 +595,8 @@ def _check_stored(space: gym.spaces.Space, data: Any, path: str, where: str) -> 
                 raise DataError(f"{where}, step {step}: observation key {key!r} holds {type(text).__name__} "
                                 f"{text!r} where the observation space says Text (an instruction). {_TEXT_FIX}")
             size = len(text.encode("utf-8") if isinstance(text, str) else text)
-            if size > TEXT_LENGTH:
+            if size > TEXT_LENGTH and key not in cut:
+                cut.add(key)
                 warnings.warn(f"{where}, step {step}: instruction key {key!r} has {size} UTF-8 bytes; pa-rl keeps the "
                               f"first {TEXT_LENGTH} (this and any other longer one is cut).", stacklevel=2)
                 break
@@ -628,9 +632,10 @@ def _convert_episode(
     obs_spec: ObsSpec,
     action_space: gym.spaces.Box,
     dataset_id: str,
+    cut: set[str],
 ) -> Episode:
     where = f"Dataset {dataset_id!r}, episode {ep.id}"
-    _check_stored(observation_space, ep.observations, "", where)
+    _check_stored(observation_space, ep.observations, "", where, cut)
     try:
         observations = convert_batch(observation_space, ep.observations, obs_spec)
     except ValueError as e:
