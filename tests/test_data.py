@@ -42,7 +42,7 @@ def metaworld_path(root: Path) -> str:
 
 
 def _check_episode_layout(data, obs_dim: int, act_dim: int, size: int) -> None:
-    assert data.observation_dim == obs_dim and data.action_dim == act_dim
+    assert data.obs_spec == obs_dim and data.action_dim == act_dim
     assert sum(len(ep) for ep in data.episodes) == size
     for ep in data.episodes:
         t = len(ep)
@@ -364,5 +364,5 @@ def test_nested_dict_observations_flatten_like_gymnasium(tmp_path: Path, monkeyp
     path = _write(tmp_path, monkeypatch, "test/dict-v0", [episode], obs_space, BOX_ACT)
     data = load_dataset(path)
     expected = np.stack([gym.spaces.flatten(obs_space, s) for s in samples]).astype(np.float32)
-    assert data.observation_dim == 7
+    assert data.obs_spec == 7
     assert np.array_equal(data.episodes[0].observations, expected)

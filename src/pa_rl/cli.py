@@ -61,7 +61,12 @@ def _data(argv: Sequence[str]) -> None:
         if target in available_datasets():
             target = str(Path(args.data_dir or datasets_root()) / "pa-rl" / f"{target}-v0")
         for key, value in dataset_info(target, args.trust_env).items():
-            print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
+            if isinstance(value, dict):  # observation keys of a mapping data set: kind, dtype, shape
+                print(f"{key:>20}:")
+                for name, description in value.items():
+                    print(f"{'':>22}{name}: {description}")
+            else:
+                print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 
 
 def _train(argv: Sequence[str]) -> None:

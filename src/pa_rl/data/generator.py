@@ -81,7 +81,7 @@ def rollout(
             buffers.append(
                 EpisodeBuffer(
                     id=len(buffers),
-                    observations=np.asarray(observations, dtype=env.observation_space.dtype),
+                    observations=stack_observations(env.observation_space, observations),
                     actions=np.asarray(actions),
                     rewards=np.asarray(rewards),
                     terminations=np.asarray(terminations),
@@ -95,6 +95,16 @@ def rollout(
     return buffers
 
 
+def stack_observations(space: gym.spaces.Space, observations: list[Any]) -> Any:
+    """One episode's observations as Minari stores them: an array per Box (of the space's dtype), a
+    list of strings per Text, a dict of those per Dict."""
+    if isinstance(space, gym.spaces.Dict):
+        return {key: stack_observations(sub, [obs[key] for obs in observations]) for key, sub in space.spaces.items()}
+    if isinstance(space, gym.spaces.Text):
+        return [str(obs) for obs in observations]
+    return np.asarray(observations, dtype=space.dtype)
+
+
 @dataclass(frozen=True)
 class Generated:
     """A generated dataset before writing: its buffers, the open env they come from, metadata."""
@@ -105,6 +115,7 @@ class Generated:
     description: str
     algorithm_name: str
     requirements: list[str]
+    raw_images: bool = False  # store image observations losslessly (gzip) rather than as minari's JPEG
 
     def write(self, dataset_id: str, *, out_dir: str | os.PathLike | None, overwrite: bool) -> str:
         """Write as Minari ``dataset_id`` (spec as env and eval env), then close the env."""
@@ -121,6 +132,7 @@ class Generated:
                 requirements=self.requirements,
                 out_dir=out_dir,
                 overwrite=overwrite,
+                raw_images=self.raw_images,
             )
         finally:
             self.env.close()

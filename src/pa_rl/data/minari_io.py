@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import inspect
+import io
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+import h5py
 import minari
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
@@ -28,6 +32,7 @@ from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage.datasets_root_dir import get_dataset_path
 
 from pa_rl.data.episodes import DataError, Episode, check_episode
+from pa_rl.observations import TEXT_LENGTH, ObsSpec, SpecObservation, convert_batch, is_image_space, spec_of_space
 
 __all__ = ["DataError", "LoadedDataset", "load_dataset", "write_dataset", "datasets_root"]
 
@@ -43,16 +48,20 @@ def datasets_root() -> Path:
 class LoadedDataset:
     """A validated dataset in our in-memory form, plus a handle to recover its environment.
 
-    Observations are flat float32 vectors. Dict observations are flattened with
+    ``obs_spec`` (see :mod:`pa_rl.observations`) says which form the observations take. Box data and
+    Dicts of vectors only are flat float32 vectors (``obs_spec`` is their size), flattened with
     ``gymnasium.spaces.flatten`` semantics: sub-spaces are concatenated in the Dict space's key
     order (gymnasium sorts plain-dict keys alphabetically; nested Dicts recurse in place), each
     sub-array raveled in C order. This is exactly the layout that
-    ``gymnasium.wrappers.FlattenObservation`` produces on the recovered env.
+    ``gymnasium.wrappers.FlattenObservation`` produces on the recovered env. Data holding an image
+    (uint8 (H, W, C) Box) or a Text instruction keep one array per key (nested keys joined by '/'):
+    images uint8, vectors float32, instructions as zero-padded UTF-8 bytes; the recovered env is
+    wrapped in :class:`~pa_rl.observations.SpecObservation`, which gives the same form.
     """
 
     dataset_id: str
     episodes: list[Episode]
-    observation_dim: int
+    obs_spec: ObsSpec
     action_low: np.ndarray
     action_high: np.ndarray
     path: str
@@ -72,7 +81,13 @@ class LoadedDataset:
         digest = hashlib.sha256()
         for ep in self.episodes:
             digest.update(len(ep).to_bytes(8, "little"))
-            for array in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
+            if isinstance(ep.observations, Mapping):  # each key's name, then its arrays, in sorted key order
+                for key in sorted(ep.observations):
+                    digest.update(key.encode())
+                    digest.update(np.ascontiguousarray(ep.observations[key]).tobytes())
+            else:
+                digest.update(np.ascontiguousarray(ep.observations).tobytes())
+            for array in (ep.actions, ep.rewards, ep.terminations, ep.truncations):
                 digest.update(np.ascontiguousarray(array).tobytes())
         return {"path": str(Path(self.path).resolve()), "episodes": len(self.episodes),
                 "transitions": self.num_transitions, "sha256": digest.hexdigest()}
@@ -89,8 +104,9 @@ class LoadedDataset:
     def make_env(self, *, eval_env: bool = True, render_mode: str | None = None) -> gym.Env:
         """Recover the dataset's environment (its evaluation env by default).
 
-        Falls back to the collection env when the dataset records no eval env. Dict observations
-        are wrapped in ``FlattenObservation`` so observations match ``episodes`` row for row.
+        Falls back to the collection env when the dataset records no eval env. Its observations
+        match ``episodes`` row for row: flat Dicts are wrapped in ``FlattenObservation``, data with
+        images or text in :class:`~pa_rl.observations.SpecObservation` (one array per key).
         """
         kwargs = {} if render_mode is None else {"render_mode": render_mode}
         try:
@@ -102,7 +118,7 @@ class LoadedDataset:
                 "(for the built-in benchmarks: pip install 'pa-rl[envs]')."
             ) from e
         recorded = self._minari.observation_space
-        if isinstance(env.observation_space, gym.spaces.Dict):
+        if isinstance(env.observation_space, gym.spaces.Dict) or isinstance(self.obs_spec, dict):
             if _layout(env.observation_space) != _layout(recorded):
                 env.close()
                 raise DataError(
@@ -110,13 +126,27 @@ class LoadedDataset:
                     f"differs from the dataset's {_layout(recorded)} ({self.dataset_id!r}); the "
                     "dataset was recorded with a different env version or wrappers."
                 )
+        if isinstance(self.obs_spec, dict):
+            try:
+                env_spec = spec_of_space(env.observation_space)
+            except ValueError as e:
+                env_spec = str(e)
+            if env_spec != self.obs_spec:
+                env.close()
+                raise DataError(
+                    f"The recovered env of {self.dataset_id!r} gives observations {_describe(env_spec)} but the "
+                    f"dataset has {_describe(self.obs_spec)}; the recorded env spec does not match the data "
+                    "(wrong env version, or wrappers missing from the spec)."
+                )
+            return SpecObservation(env, self.obs_spec)
+        if isinstance(env.observation_space, gym.spaces.Dict):
             env = gym.wrappers.FlattenObservation(env)
         env_dim = gym.spaces.flatdim(env.observation_space)
-        if env_dim != self.observation_dim:
+        if env_dim != self.obs_spec:
             env.close()
             raise DataError(
                 f"The recovered env of {self.dataset_id!r} has {env_dim}-d flat observations but "
-                f"the dataset has {self.observation_dim}-d ones; the recorded env spec does not "
+                f"the dataset has {self.obs_spec}-d ones; the recorded env spec does not "
                 "match the data (wrong env version, or wrappers missing from the spec)."
             )
         return env
@@ -129,7 +159,10 @@ def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDatase
     itself) or a Minari dataset id resolved under :func:`datasets_root`. Rewards are returned as
     recorded (``TrainConfig.reward_scale``/``reward_bias`` transform data and env alike). Raises :class:`DataError` for anything that would
     silently corrupt training: missing/unreadable data, non-Box actions, unsupported
-    observation spaces, empty data, non-finite values, actions outside the action bounds.
+    observation spaces, empty data, non-finite values, actions outside the action bounds, stored
+    observations that do not fit their space (a missing key, an image of another shape or dtype,
+    numbers where the space says Text, text in a Box); a message names the key, episode and step.
+    An instruction longer than ``TEXT_LENGTH`` UTF-8 bytes is cut, with a warning.
 
     A data set is untrusted input: the env specs it records name entry points that building its
     environment imports and calls. One that is not a registered gymnasium id's own or pa-rl's
@@ -147,8 +180,8 @@ def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDatase
         observation_space = dataset.observation_space
         action_space = dataset.action_space
         dataset_id = dataset.id
-        minari_episodes = list(dataset.iterate_episodes())
-    except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as e:
+        episode_ids = [int(i) for i in dataset.episode_indices]
+    except _READ_ERRORS as e:
         raise _malformed(data_dir, e) from e
 
     if not isinstance(action_space, gym.spaces.Box):
@@ -162,16 +195,16 @@ def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDatase
             f"Dataset {dataset_id!r} has actions of shape {action_space.shape}; pa-rl needs 1-d "
             "Box actions. Flatten the actions and rewrite the dataset."
         )
-    _check_observation_space(observation_space, dataset_id)
-    observation_dim = gym.spaces.flatdim(observation_space)
+    obs_spec = _obs_spec(observation_space, dataset_id)
     action_low = action_space.low.astype(np.float32)
     action_high = action_space.high.astype(np.float32)
 
-    if not minari_episodes:
+    if not episode_ids:
         raise DataError(f"Dataset {dataset_id!r} ({data_dir}) has no episodes.")
-    episodes = []
-    for ep in minari_episodes:
-        episode = _convert_episode(ep, observation_space, action_space, dataset_id)
+    episodes: list[Episode] = []
+    cut: set[str] = set()  # instruction keys warned of as too long
+    for ep in _read_episodes(dataset, episode_ids, data_dir):
+        episode = _convert_episode(ep, observation_space, obs_spec, action_space, dataset_id, cut)
         check_episode(episode, f"Dataset {dataset_id!r}, episode {ep.id}", action_low, action_high)
         episodes.append(episode)
     if sum(len(ep) for ep in episodes) == 0:
@@ -179,7 +212,7 @@ def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDatase
     return LoadedDataset(
         dataset_id=dataset_id,
         episodes=episodes,
-        observation_dim=observation_dim,
+        obs_spec=obs_spec,
         action_low=action_low,
         action_high=action_high,
         path=str(data_dir.parent),
@@ -200,6 +233,7 @@ def write_dataset(
     requirements: list[str],
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    raw_images: bool = False,
 ) -> str:
     """Write episode buffers as a Minari dataset under ``out_dir`` and return its directory.
 
@@ -207,6 +241,9 @@ def write_dataset(
     temporary root next to the destination and renamed into place only once complete, so a crash
     never leaves a partial dataset under a loadable id; the next write into that root removes a
     killed write's temporary root.
+
+    ``raw_images`` stores image observations as they are (uint8 arrays, gzip-compressed in the HDF5
+    file) instead of minari's default lossy JPEG, so that loaded frames equal the env's renders.
     """
     namespace = parse_dataset_id(dataset_id)[0]
     root = (Path(out_dir) if out_dir is not None else datasets_root()).resolve()  # minari needs it absolute
@@ -229,7 +266,10 @@ def write_dataset(
                 author="pa-rl",
                 description=description,
                 requirements=requirements,
+                **_raw_images_option(raw_images),
             )
+        if raw_images:
+            _compress_images(tmp_root / dataset_id / "data")
         if namespace is not None:
             for part in range(1, len(namespace.split("/")) + 1):
                 ns = "/".join(namespace.split("/")[:part])
@@ -384,54 +424,223 @@ def _refuse_untrusted_code(metadata: dict, id_or_path: str, trust_env: Sequence[
         )
 
 
-def _check_observation_space(space: gym.spaces.Space, dataset_id: str) -> None:
-    if isinstance(space, gym.spaces.Dict):
-        for sub in space.spaces.values():
-            _check_observation_space(sub, dataset_id)
-    elif not isinstance(space, gym.spaces.Box):
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AssertionError, AttributeError, json.JSONDecodeError)
+
+
+def _raw_images_option(raw_images: bool) -> dict[str, bool]:
+    """``jpeg_encoding=False`` where minari has the option (0.5.4 on; earlier versions store images raw)."""
+    if raw_images and "jpeg_encoding" in inspect.signature(minari.create_dataset_from_buffers).parameters:
+        return {"jpeg_encoding": False}
+    return {}
+
+
+def _compress_images(data_dir: Path) -> None:
+    """Rewrite ``main_data.hdf5`` with its image arrays (uint8, [N, H, W, C]) gzip-compressed (h5py
+    reads them back transparently), then update the size minari records in ``metadata.json``."""
+    path = data_dir / "main_data.hdf5"
+    packed = data_dir / "main_data.hdf5.packing"
+
+    def copy(source: h5py.Group, target: h5py.Group) -> None:
+        target.attrs.update(source.attrs)
+        for name, item in source.items():
+            if isinstance(item, h5py.Group):
+                copy(item, target.create_group(name, track_order=True))
+            elif item.dtype == np.uint8 and item.ndim == 4 and len(item):
+                target.create_dataset(name, data=item[()], chunks=(min(len(item), 64), *item.shape[1:]),
+                                      maxshape=(None, *item.shape[1:]), compression="gzip", compression_opts=4)
+                target[name].attrs.update(item.attrs)
+            else:
+                source.copy(item, target, name=name)
+
+    with h5py.File(path, "r") as source, h5py.File(packed, "w", track_order=True) as target:
+        copy(source, target)
+    packed.replace(path)
+    metadata_path = data_dir / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    if "dataset_size" in metadata:  # minari's own measure: MB of the data folder, one decimal
+        metadata["dataset_size"] = round(sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file()) / 1e6, 1)
+        metadata_path.write_text(json.dumps(metadata))
+
+
+def _obs_spec(space: gym.spaces.Space, dataset_id: str) -> ObsSpec:
+    try:
+        return spec_of_space(space)
+    except ValueError as e:
         raise DataError(
-            f"Dataset {dataset_id!r} has a {type(space).__name__} observation (sub)space; pa-rl "
-            "supports Box observations or (nested) Dicts of Box. Convert it and rewrite the "
-            "dataset."
-        )
+            f"Dataset {dataset_id!r}: {e}. Convert that key (a Discrete one to a one-hot Box, say) or drop it, and "
+            "rewrite the dataset."
+        ) from None
 
 
-def _layout(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
-    """(key path, shape) of each leaf in flatten order, to compare two Dict layouts."""
+def _describe(spec: ObsSpec | str) -> str:
+    if isinstance(spec, dict):
+        return "{" + ", ".join(f"{key!r}: {field.describe()}" for key, field in spec.items()) + "}"
+    return f"of {spec} flat dimensions" if isinstance(spec, int) else f"pa-rl cannot take ({spec})"
+
+
+def _layout(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, Any]]:
+    """(key path, shape) of each leaf in flatten order (a Text leaf: 'Text'), to compare two Dict layouts."""
     if isinstance(space, gym.spaces.Dict):
         return [
             item for key, sub in space.spaces.items() for item in _layout(sub, f"{prefix}/{key}")
         ]
-    return [(prefix or "/", tuple(space.shape))]
+    if isinstance(space, gym.spaces.Box):
+        return [(prefix or "/", tuple(space.shape))]
+    return [(prefix or "/", type(space).__name__)]
 
 
-def _flatten_batch(space: gym.spaces.Space, data: object) -> np.ndarray:
-    """Batched ``gymnasium.spaces.flatten`` for Box / nested Dict of Box: [N, ...] -> [N, D]."""
+def _read_episodes(dataset: minari.MinariDataset, episode_ids: list[int],
+                   data_dir: Path) -> Iterator[minari.EpisodeData]:
+    """The data set's episodes one by one (one in memory at a time); one that minari cannot decode is
+    diagnosed from the file, so that the message names its key, episode and step."""
+    episodes = dataset.iterate_episodes(episode_ids)
+    for episode_id in episode_ids:
+        try:
+            episode = next(episodes)
+        except _READ_ERRORS as e:
+            problem = _diagnose(data_dir / "main_data.hdf5", episode_id, dataset.observation_space,
+                                bool(getattr(dataset.storage, "jpeg_encoding", False)))
+            if problem is None:
+                raise _malformed(data_dir, e) from e
+            raise DataError(f"Dataset {dataset.id!r}, episode {episode_id}{problem}") from None
+        yield episode
+
+
+def _key_name(path: str, space: gym.spaces.Space) -> str:
+    """A leaf's key as the spec names it (see :func:`pa_rl.observations.spec_of_space`)."""
+    return path or ("pixels" if is_image_space(space) else "observation")
+
+
+_TEXT_FIX = ("Store instructions as strings in a gymnasium Text sub-space of the observation Dict, numbers in Box "
+             "sub-spaces, and rewrite the dataset.")
+
+
+def _diagnose(path: Path, episode_id: int, space: gym.spaces.Space, jpeg: bool) -> str | None:
+    """Why minari could not decode this episode's observations, read from the HDF5 file (None if not
+    found there): the rest of a message that starts with the data set and episode."""
+    try:
+        with h5py.File(path, "r") as file:
+            return _stored_problem(file[f"episode_{episode_id}/observations"], space, "", jpeg)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _stored_problem(ref: h5py.Group | h5py.Dataset, space: gym.spaces.Space, path: str, jpeg: bool) -> str | None:
     if isinstance(space, gym.spaces.Dict):
-        if not isinstance(data, dict) or set(data) != set(space.spaces):
-            raise DataError(
-                f"stored observation keys {sorted(data) if isinstance(data, dict) else type(data)} "
-                f"do not match the observation space keys {list(space.spaces)}"
-            )
-        return np.concatenate(
-            [_flatten_batch(sub, data[key]) for key, sub in space.spaces.items()], axis=1
-        )
+        if not isinstance(ref, h5py.Group):
+            return (f": observation key {path or '/'!r} is stored as one array but the observation space says Dict "
+                    f"with keys {list(space.spaces)}. Record the observations of that space and rewrite the dataset.")
+        extra = [key for key in ref if key not in space.spaces]
+        if extra:
+            return (f": stored observation key {f'{path}/{extra[0]}'.lstrip('/')!r} is not in the observation space "
+                    f"(its keys: {list(space.spaces)}). Add it to the recorded observation space or drop it from the "
+                    "data, and rewrite the dataset.")
+        for key, sub in space.spaces.items():
+            if key in ref:
+                problem = _stored_problem(ref[key], sub, f"{path}/{key}".lstrip("/"), jpeg)
+                if problem is not None:
+                    return problem
+        return None
+    key = _key_name(path, space)
+    if not isinstance(ref, h5py.Dataset):
+        return f": observation key {key!r} is stored as a group but the space says {space}. Rewrite the dataset."
+    if isinstance(space, gym.spaces.Text):
+        if h5py.check_string_dtype(ref.dtype) is None and ref.dtype.kind not in "SO":
+            example = ref[0] if len(ref) else None
+            return (f", step 0: observation key {key!r} holds {ref.dtype} numbers (e.g. {example!r}) where the "
+                    f"observation space says Text (an instruction). {_TEXT_FIX}")
+        return None
+    if jpeg and isinstance(space, gym.spaces.Box) and _minari_image(space):
+        from PIL import Image
+
+        for step, raw in enumerate(ref):
+            try:
+                image = np.asarray(Image.open(io.BytesIO(np.asarray(raw, dtype=np.uint8).tobytes())))
+            except (OSError, ValueError):
+                return (f", step {step}: observation key {key!r} holds bytes that are not a JPEG image (the data set "
+                        "says its images are JPEG-encoded). Regenerate the dataset.")
+            if image.shape != tuple(space.shape):
+                return (f", step {step}: observation key {key!r} holds a {image.shape} image, the observation space "
+                        f"says {tuple(space.shape)}. Record images of one shape (resize them) and rewrite the dataset.")
+    return None
+
+
+def _minari_image(space: gym.spaces.Box) -> bool:
+    """Whether minari JPEG-encodes this space's arrays (when the data set says it encodes images)."""
+    from minari.dataset.minari_storage import is_image_space as minari_image_space
+
+    return bool(minari_image_space(space))
+
+
+def _check_stored(space: gym.spaces.Space, data: Any, path: str, where: str, cut: set[str]) -> None:
+    """Raise :class:`DataError` naming the key (and step) where decoded observations do not fit their space;
+    warn of the first instruction of each key (``cut`` holds those warned of) that is too long to keep whole."""
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(data, Mapping):
+            raise DataError(f"{where}: observation key {path or '/'!r} holds a {type(data).__name__} where the "
+                            f"observation space says Dict with keys {list(space.spaces)}. Record the observations "
+                            "of that space and rewrite the dataset.")
+        for key, sub in space.spaces.items():
+            name = f"{path}/{key}".lstrip("/")
+            if key not in data:
+                raise DataError(f"{where}: observation key {name!r} is missing (stored keys: {sorted(data)}). Record "
+                                "every key of the observation space (or drop it from the space) and rewrite the "
+                                "dataset.")
+            _check_stored(sub, data[key], name, where, cut)
+        return
+    key = _key_name(path, space)
+    if isinstance(space, gym.spaces.Text):
+        for step, text in enumerate(data):
+            if not isinstance(text, (str, bytes)):
+                raise DataError(f"{where}, step {step}: observation key {key!r} holds {type(text).__name__} "
+                                f"{text!r} where the observation space says Text (an instruction). {_TEXT_FIX}")
+            size = len(text.encode("utf-8") if isinstance(text, str) else text)
+            if size > TEXT_LENGTH and key not in cut:
+                cut.add(key)
+                warnings.warn(f"{where}, step {step}: instruction key {key!r} has {size} UTF-8 bytes; pa-rl keeps the "
+                              f"first {TEXT_LENGTH} (this and any other longer one is cut).", stacklevel=2)
+                break
+        return
+    if not isinstance(space, gym.spaces.Box):  # refused by _obs_spec before any episode is read
+        raise DataError(f"{where}: observation key {key!r} is a {type(space).__name__} space, which pa-rl cannot take.")
     array = np.asarray(data)
-    if array.shape[1:] != space.shape:
-        raise DataError(f"stored observations of shape {array.shape[1:]}, space says {space.shape}")
-    return array.reshape(len(array), -1).astype(np.float32)
+    if array.dtype.kind in "SUO":
+        flat = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+        step = next((i for i, row in enumerate(flat) if any(isinstance(v, (str, bytes)) for v in row)), 0)
+        example = next((v for v in flat[step] if isinstance(v, (str, bytes))), flat[step][0])
+        raise DataError(f"{where}, step {step}: observation key {key!r} holds text ({example!r}) where the observation "
+                        f"space says Box {tuple(space.shape)} {space.dtype}. {_TEXT_FIX}")
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where}, step 0: observation key {key!r} holds {array.dtype} values where the observation "
+                        f"space says Box {tuple(space.shape)} {space.dtype}. Store numbers and rewrite the dataset.")
+    image = is_image_space(space)
+    what = "images" if image else "observations"
+    if array.ndim == 0 or array.shape[1:] != tuple(space.shape):
+        shape = array.shape[1:] if array.ndim else ()
+        raise DataError(f"{where}, step 0: observation key {key!r} holds {what} of shape {shape}, the observation "
+                        f"space says {tuple(space.shape)}. Record {what} of the space's shape (or record the space "
+                        "they have) and rewrite the dataset.")
+    if image and array.dtype != np.uint8:
+        raise DataError(f"{where}, step 0: observation key {key!r} holds {array.dtype} images; images must be uint8 "
+                        "(H, W, C) values 0-255, as the observation space says. Convert them (e.g. "
+                        "np.round(x * 255).astype(np.uint8) for [0, 1] floats) and rewrite the dataset.")
 
 
 def _convert_episode(
     ep: minari.EpisodeData,
     observation_space: gym.spaces.Space,
+    obs_spec: ObsSpec,
     action_space: gym.spaces.Box,
     dataset_id: str,
+    cut: set[str],
 ) -> Episode:
+    where = f"Dataset {dataset_id!r}, episode {ep.id}"
+    _check_stored(observation_space, ep.observations, "", where, cut)
     try:
-        observations = _flatten_batch(observation_space, ep.observations)
-    except DataError as e:
-        raise DataError(f"Dataset {dataset_id!r}, episode {ep.id}: {e}.") from None
+        observations = convert_batch(observation_space, ep.observations, obs_spec)
+    except ValueError as e:
+        raise DataError(f"{where}: {e}. Record observations that fit the observation space and rewrite the dataset.") \
+            from None
     actions = np.asarray(ep.actions, dtype=np.float32)
     if actions.shape[1:] != action_space.shape:  # not reshaped to fit: 900 4-d values are not 450 2-d actions
         raise DataError(
@@ -443,9 +652,10 @@ def _convert_episode(
     truncations = np.asarray(ep.truncations, dtype=bool).reshape(-1)
     steps = len(actions)
     lengths = (len(rewards), len(terminations), len(truncations))
-    if len(observations) != steps + 1 or lengths != (steps,) * 3:
+    rows = {len(value) for value in observations.values()} if isinstance(observations, dict) else {len(observations)}
+    if rows != {steps + 1} or lengths != (steps,) * 3:
         raise DataError(
-            f"Dataset {dataset_id!r}, episode {ep.id} is malformed: {len(observations)} "
+            f"Dataset {dataset_id!r}, episode {ep.id} is malformed: {'/'.join(map(str, sorted(rows)))} "
             f"observations, {steps} actions, {len(rewards)} rewards, {len(terminations)} "
             f"terminations, {len(truncations)} truncations (Minari stores T+1 observations for "
             "T steps)."

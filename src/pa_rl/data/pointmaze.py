@@ -36,6 +36,9 @@ large    (1, 1)    (7, 9)    14
 Default sizes are 10x smaller than D4RL's (1M / 2M / 4M): 100k / 200k / 400k transitions
 (measured: 4 / 9 / 21 s at ~20k steps/s on one core); ``size`` overrides them. With seed 0, the
 fraction of data episodes that reach the eval goal is 48 % / 35 % / 19 %.
+
+``pointmaze-umaze-pixels`` (:mod:`pa_rl.data.pointmaze_pixels`) records the same trajectories, seed
+for seed, with a 64 x 64 top-down frame, the velocity and an instruction in place of the state.
 """
 
 from __future__ import annotations
@@ -171,11 +174,23 @@ def generate(
     seed: int = 0,
     noise_std: float = DEFAULT_NOISE_STD,
     progress: bool = True,
+    pixels: bool = False,
 ) -> Generated:
-    """Roll the noisy controller in the eval env for ``size`` transitions (default per maze)."""
+    """Roll the noisy controller in the eval env for ``size`` transitions (default per maze).
+
+    ``pixels`` records :mod:`pa_rl.data.pointmaze_pixels`' observations (frames, velocity, instruction)
+    in place of the 4-d state; the controller steers by the env's true state either way, so one seed
+    gives the same trajectories."""
     task = MAZES[maze]
     size = task.default_size if size is None else size
-    env = make_eval_env(maze)
+    if pixels:
+        from pa_rl.data.pointmaze_pixels import make_pixel_env
+
+        env = make_pixel_env(maze)
+        state = lambda observation: env.unwrapped.state  # noqa: E731
+    else:
+        env = make_eval_env(maze)
+        state = lambda observation: observation  # noqa: E731
     rng = np.random.default_rng(seed)
     controller = WaypointController(env.unwrapped.maze)
     start_cells = [c for c in controller.cells if c != task.goal]
@@ -185,6 +200,7 @@ def generate(
         return choices[rng.integers(len(choices))]
 
     def act(observation: np.ndarray) -> np.ndarray:
+        observation = state(observation)
         if controller.reached(observation[:2]):
             controller.set_target(new_target(controller.target))
         return controller(observation)
@@ -196,19 +212,24 @@ def generate(
         controller.set_target(new_target(start))
         return EpisodePlan(noisy_act, reset_options={"reset_cell": np.array(start)})
 
-    buffers = rollout(
-        env, new_episode, size=size, seed=seed, desc=f"pointmaze-{maze}", progress=progress
-    )
+    name = f"pointmaze-{maze}" + ("-pixels" if pixels else "")
+    buffers = rollout(env, new_episode, size=size, seed=seed, desc=name, progress=progress)
+    if pixels:
+        instruction = env.unwrapped.instruction
+        observations = f"64x64 top-down frames, 2-d velocity and the instruction {instruction!r}"
+    else:
+        observations = "4-d observations"
     return Generated(
         buffers,
         env,
         env.spec,
         description=(
             f"D4RL maze2d-style {maze} PointMaze data: noisy (std {noise_std}) BFS "
-            "waypoint controller to random targets; 4-d observations; sparse reward and "
+            f"waypoint controller to random targets; {observations}; sparse reward and "
             f"termination at the fixed goal cell {task.goal}; eval start cell {task.start}; "
             f"{size} transitions, seed {seed}."
         ),
         algorithm_name="pa-rl noisy waypoint controller (D4RL maze2d recipe)",
         requirements=[f"gymnasium-robotics=={gymnasium_robotics.__version__}"],
+        raw_images=pixels,
     )

@@ -14,6 +14,7 @@ import numpy as np
 
 from pa_rl.data.generator import Generated
 from pa_rl.data.minari_io import DataError, datasets_root, load_dataset, refuse_existing
+from pa_rl.observations import decode_text
 
 Generator = Callable[..., Generated]
 
@@ -29,6 +30,10 @@ def _generators() -> tuple[dict[str, Generator], list[str]]:
     else:
         for maze in pointmaze.MAZES:
             generators[f"pointmaze-{maze}"] = functools.partial(pointmaze.generate, maze)
+        from pa_rl.data.pointmaze_pixels import INSTRUCTIONS
+
+        for maze in INSTRUCTIONS:
+            generators[f"pointmaze-{maze}-pixels"] = functools.partial(pointmaze.generate, maze, pixels=True)
     try:
         from pa_rl.data import metaworld
     except ImportError as e:
@@ -80,10 +85,19 @@ def make_dataset(
 def dataset_info(id_or_path: str, trust_env: Sequence[str] = ()) -> dict:
     """Summary statistics of a dataset (validated by :func:`load_dataset`).
 
-    ``success_rate`` is the fraction of episodes whose recorded ``infos["success"]`` is ever
-    true, or None when the dataset records no success info.
+    Flat observations give ``observation_dim``; mapping ones ``observation``: each key with its kind,
+    dtype and shape (a text key with the first instruction as an example). ``success_rate`` is the
+    fraction of episodes whose recorded ``infos["success"]`` is ever true, or None when the dataset
+    records no success info.
     """
     data = load_dataset(id_or_path, trust_env)
+    if isinstance(data.obs_spec, int):
+        observation: dict[str, object] = {"observation_dim": data.obs_spec}
+    else:
+        first = data.episodes[0].observations
+        observation = {"observation": {
+            key: field.describe() + (f", e.g. {decode_text(first[key][0])!r}" if field.kind == "text" else "")
+            for key, field in data.obs_spec.items()}}
     returns = np.array([float(ep.rewards.sum()) for ep in data.episodes])
     lengths = np.array([len(ep) for ep in data.episodes])
     successes = data.episode_successes()
@@ -93,7 +107,7 @@ def dataset_info(id_or_path: str, trust_env: Sequence[str] = ()) -> dict:
         "path": data.path,
         "episodes": len(data.episodes),
         "transitions": int(lengths.sum()),
-        "observation_dim": data.observation_dim,
+        **observation,
         "action_dim": data.action_dim,
         "episode_length_mean": float(lengths.mean()),
         "return_mean": float(returns.mean()),
