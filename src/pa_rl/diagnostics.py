@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from pa_rl.agent import Agent
-from pa_rl.buffer import monte_carlo_returns
+from pa_rl.buffer import chunk_actions, monte_carlo_returns
 from pa_rl.data.episodes import Episode
+from pa_rl.observations import cat_obs, map_obs, stack_obs, to_tensor
 
 
 def split_held_out(episodes: Sequence[Episode], fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:
@@ -51,21 +52,21 @@ class CriticDiagnostic:
     """Calibration on held-out episodes and ranking by rollout; see the module docstring."""
 
     def __init__(self, held_out: Sequence[Episode], gamma: float, floor_reward: float, max_transitions: int = 4096,
-                 seed: int = 0) -> None:
+                 seed: int = 0, chunk: int = 1) -> None:
         obs, actions, returns = [], [], []
         for episode in held_out:
             if len(episode):
-                obs.append(episode.observations[:-1])
-                actions.append(episode.actions)
+                obs.append(map_obs(lambda a: a[:-1], episode.observations))
+                actions.append(chunk_actions(episode.actions, chunk))
                 returns.append(monte_carlo_returns(episode.rewards, gamma, bool(episode.terminations[-1]),
                                                    floor_reward))
-        self.gamma = gamma
+        self.gamma, self.chunk = gamma, chunk
         if obs:
-            obs_all, actions_all, returns_all = (np.concatenate(c) for c in (obs, actions, returns))
+            obs_all, actions_all, returns_all = cat_obs(obs), np.concatenate(actions), np.concatenate(returns)
             if len(returns_all) > max_transitions:  # a fixed subsample keeps each check cheap
                 keep = np.sort(np.random.default_rng(seed).choice(len(returns_all), max_transitions, replace=False))
-                obs_all, actions_all, returns_all = obs_all[keep], actions_all[keep], returns_all[keep]
-            self.held_out = tuple(torch.as_tensor(c) for c in (obs_all, actions_all, returns_all))
+                obs_all, actions_all, returns_all = map_obs(lambda a: a[keep], obs_all), actions_all[keep], returns_all[keep]
+            self.held_out = (map_obs(torch.as_tensor, obs_all), torch.as_tensor(actions_all), torch.as_tensor(returns_all))
         else:
             self.held_out = None
         lengths = [len(e) for e in held_out]
@@ -76,7 +77,7 @@ class CriticDiagnostic:
         """Q of held-out data actions against their Monte-Carlo returns."""
         if self.held_out is None:
             return {}
-        obs, actions, returns = (t.to(agent.device) for t in self.held_out)
+        obs, actions, returns = (map_obs(lambda t: t.to(agent.device), c) for c in self.held_out)
         q = agent.action_optimizer.value(agent.critic, obs, actions)
         return {"diag/q_mc_bias": float((q - returns).mean()), "diag/q_mc_spearman": spearman(q.cpu(), returns.cpu()),
                 "diag/q_mean": float(q.mean()), "diag/mc_mean": float(returns.mean())}
@@ -88,8 +89,9 @@ class CriticDiagnostic:
         if pairs == 0:
             return {}
         horizon = max(1, min(self.typical_length or max_steps, max_steps))
-        # Branch points spread over the first 80 % of a typical episode, so early and late states count.
-        branch = [int(0.8 * horizon * i / pairs) for i in range(pairs)]
+        # Branch points spread over the first 80 % of a typical episode, so early and late states count;
+        # with action chunks, at the start of a chunk.
+        branch = [self.chunk * (int(0.8 * horizon * i / pairs) // self.chunk) for i in range(pairs)]
         with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
             torch.manual_seed(int(seeds[0]))
             returns, q_gap = self._rollout_pairs(agent, envs[: 2 * pairs], seeds[:pairs], branch, max_steps, reward,
@@ -111,39 +113,41 @@ class CriticDiagnostic:
         return from the branch ([P, 2], NaN where the episode ended before its branch) and the
         critic's value gap between the two branch actions [P]."""
         pairs = len(seeds)
-        obs = np.stack([env.reset(seed=int(seeds[i % pairs]))[0] for i, env in enumerate(envs)]).astype(np.float32)
+        obs = [env.reset(seed=int(seeds[i % pairs]))[0] for i, env in enumerate(envs)]
         live = np.ones(2 * pairs, dtype=bool)
         returns = np.full(2 * pairs, np.nan)
         q_gap = np.full(pairs, np.nan)
         discount = np.ones(2 * pairs)
-        for step in range(max_steps):
-            if not live.any():
-                break
-            # The same noise for both halves: one seed per step, each half acted on separately.
+        chunk_shape = (self.chunk, agent.action_dim)
+        step = 0
+        while step < max_steps and live.any():
+            # The same noise for both halves: one seed per decision, each half acted on separately.
             seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
-            actions = np.empty((2 * pairs, agent.action_dim), dtype=np.float32)
+            plans = np.empty((2 * pairs, *chunk_shape), dtype=np.float32)
             for half in (slice(0, pairs), slice(pairs, 2 * pairs)):
                 torch.manual_seed(seed)
-                actions[half] = agent.act(obs[half], continuation).cpu().numpy()
+                plans[half] = agent.act(stack_obs(obs[half]), continuation).cpu().numpy().reshape(-1, *chunk_shape)
             at_branch = [i for i in range(pairs) if branch[i] == step and live[i] and live[i + pairs]]
             if at_branch:
-                states = torch.as_tensor(obs[at_branch], device=agent.device)
+                states, _ = to_tensor(stack_obs([obs[i] for i in at_branch]), agent.obs_spec, agent.device)
                 samples = agent.sample_policy(states)
                 with torch.no_grad():
                     values = agent.action_optimizer.value(agent.critic, states, samples)  # [M, N]
                 best = values.argmax(-1)
                 other = (best + torch.randint(1, values.shape[1], best.shape, device=best.device)) % values.shape[1]
                 rows = torch.arange(len(at_branch), device=best.device)
-                actions[at_branch] = samples[rows, best].cpu().numpy()
-                actions[[i + pairs for i in at_branch]] = samples[rows, other].cpu().numpy()
+                plans[at_branch] = samples[rows, best].reshape(-1, *chunk_shape).cpu().numpy()
+                plans[[i + pairs for i in at_branch]] = samples[rows, other].reshape(-1, *chunk_shape).cpu().numpy()
                 q_gap[at_branch] = (values[rows, best] - values[rows, other]).cpu().numpy()
                 returns[at_branch] = 0.0
                 returns[[i + pairs for i in at_branch]] = 0.0
-            for i in np.flatnonzero(live):
-                obs[i], r, terminated, truncated, _ = envs[i].step(actions[i])
-                if not np.isnan(returns[i]):
-                    returns[i] += discount[i] * reward(float(r))
-                    discount[i] *= self.gamma
-                if terminated or truncated or step + 1 >= max_steps:
-                    live[i] = False
+            for j in range(self.chunk):
+                for i in np.flatnonzero(live):
+                    obs[i], r, terminated, truncated, _ = envs[i].step(plans[i, j])
+                    if not np.isnan(returns[i]):
+                        returns[i] += discount[i] * reward(float(r))
+                        discount[i] *= self.gamma
+                    if terminated or truncated or step + 1 >= max_steps:
+                        live[i] = False
+                step += 1
         return np.stack([returns[:pairs], returns[pairs:]], 1), q_gap

@@ -118,8 +118,9 @@ def resolve_dataset(config: RunConfig, trust_env: Sequence[str] = ()) -> LoadedD
 def build_agent(config: RunConfig, data: LoadedDataset) -> Agent:
     """The run's agent, its initial weights drawn under the run's seed (same config, same weights)."""
     seed_everything(config.train.seed)
-    policy = make_policy(config.policy, data.observation_dim, data.action_low, data.action_high, config.policy_config)
-    return Agent(policy, data.observation_dim, data.action_low, data.action_high, config.agent, config.device)
+    policy = make_policy(config.policy, data.obs_spec, data.action_low, data.action_high, config.policy_config,
+                         config.agent.chunk)
+    return Agent(policy, data.obs_spec, data.action_low, data.action_high, config.agent, config.device)
 
 
 def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:

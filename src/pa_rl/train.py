@@ -24,6 +24,7 @@ from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episo
 from pa_rl.diagnostics import CriticDiagnostic, split_held_out
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
+from pa_rl.observations import ObsSpec, SpecObservation, space_of_spec
 from pa_rl.progress import progress_bar
 from pa_rl.validation import require
 
@@ -133,8 +134,15 @@ def transform_rewards(episodes: Sequence[Episode], scale: float, bias: float) ->
     return [dataclasses.replace(e, rewards=(scale * e.rewards + bias).astype(np.float32)) for e in episodes]
 
 
-def check_env(env: gym.Env, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray) -> None:
-    """The environment must offer the Box spaces the data and the agent were built for."""
+def adapt_env(env: gym.Env, obs_spec: ObsSpec) -> gym.Env:
+    """An env with raw mapping observations (Dict, Text, images) wrapped to give them in the agent's form."""
+    if isinstance(obs_spec, dict) and env.observation_space != space_of_spec(obs_spec):
+        return SpecObservation(env, obs_spec)
+    return env
+
+
+def check_env(env: gym.Env, obs_spec: ObsSpec, action_low: np.ndarray, action_high: np.ndarray) -> None:
+    """The environment must offer the spaces the data and the agent were built for."""
     obs_space, action_space = env.observation_space, env.action_space
     if not isinstance(action_space, gym.spaces.Box) or action_space.shape != (len(action_low),):
         raise DataError(f"the environment's action space {action_space} does not match the data's "
@@ -143,11 +151,14 @@ def check_env(env: gym.Env, obs_dim: int, action_low: np.ndarray, action_high: n
                                                                                  atol=1e-6)):
         raise DataError(f"the environment's action bounds [{action_space.low}, {action_space.high}] differ from the "
                         f"data's [{action_low}, {action_high}]; use data recorded in this env")
-    if not isinstance(obs_space, gym.spaces.Box) or obs_space.shape != (obs_dim,):  # not flatdim: (64, 64, 3) images
-        raise DataError(f"the environment's observation space {obs_space} does not match the data's {obs_dim}-d "
-                        "observations: pa-rl needs flat Box observations (image and other multi-dimensional ones are "
-                        "not mapped yet); flatten Dict observations (gymnasium.wrappers.FlattenObservation) and use "
-                        "data recorded in this env")
+    if isinstance(obs_spec, dict):
+        if obs_space != space_of_spec(obs_spec):
+            raise DataError(f"the environment's observation space {obs_space} does not match the data's "
+                            f"{space_of_spec(obs_spec)}; use data recorded in this env")
+    elif not isinstance(obs_space, gym.spaces.Box) or obs_space.shape != (obs_spec,):  # not flatdim: (64, 64, 3)
+        raise DataError(f"the environment's observation space {obs_space} does not match the data's {obs_spec}-d "
+                        "observations; flatten Dict observations of vectors (gymnasium.wrappers.FlattenObservation) "
+                        "and use data recorded in this env")
 
 
 def configs_of(agent: Agent, config: TrainConfig) -> dict[str, Any]:
@@ -186,30 +197,37 @@ class Trainer:
 
     def __init__(self, agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env],
                  config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> None:
-        self.agent, self.config, self.make_env = agent, config, make_env
+        self.agent, self.config = agent, config
+        self.make_env = lambda: adapt_env(make_env(), agent.obs_spec)
         low, high = agent.action_low.cpu().numpy(), agent.action_high.cpu().numpy()
-        check_episodes(episodes, agent.obs_dim, low, high)
+        check_episodes(episodes, agent.obs_spec, low, high, chunk=agent.config.chunk)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", config.keep_checkpoints) if run_dir else None
         if self.run_dir is not None and not resume and (self.run_dir / "metrics.csv").exists():
             raise RunError(f"{self.run_dir} already holds a run; resume it or use a new folder")
         if resume and self.checkpoints is None:
             raise ValueError("resume=True needs the run_dir of the run to resume")
-        self._eval_envs = [make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
-        check_env(self._eval_envs[0], agent.obs_dim, low, high)
-        check_buffer_fits(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device)
+        self._eval_envs = [self.make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
+        check_env(self._eval_envs[0], agent.obs_spec, low, high)
+        chunk_dim = len(agent.chunk_low)
+        if config.online_env_steps:
+            size = check_buffer_fits(config.online_buffer_size, agent.obs_spec, chunk_dim, agent.device)
+            log.info("online replay buffer: %s slots × %s bytes = %.2f GB on %s", f"{config.online_buffer_size:,}",
+                     f"{ReplayBuffer.bytes_per_slot(agent.obs_spec, chunk_dim):,}", size / 1e9, agent.device)
         seed_everything(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         episodes = transform_rewards(episodes, config.reward_scale, config.reward_bias)
         gamma = agent.config.gamma
         self.floor_reward = min(float(e.rewards.min()) for e in episodes if len(e))
         episodes, held_out = split_held_out(episodes, config.held_out_fraction, config.seed)
+        horizon, chunk = agent.config.horizon, agent.config.chunk
         self.offline = ReplayBuffer.from_episodes(episodes, gamma, device=agent.device, floor_reward=self.floor_reward,
-                                                  n_step=agent.config.n_step)
-        self.diagnostic = CriticDiagnostic(held_out, gamma, self.floor_reward, seed=config.seed)
+                                                  horizon=horizon, chunk=chunk, obs_spec=agent.obs_spec)
+        self.diagnostic = CriticDiagnostic(held_out, gamma, self.floor_reward, seed=config.seed, chunk=chunk)
         self._diagnostic_envs: list[gym.Env] = []
-        self.online = ReplayBuffer(config.online_buffer_size, agent.obs_dim, agent.action_dim, agent.device,
-                                   agent.config.n_step)
+        # Allocated at its full size only when an online phase will use it.
+        self.online = ReplayBuffer(config.online_buffer_size if config.online_env_steps else 2, agent.obs_spec,
+                                   chunk_dim, agent.device, horizon, chunk)
         self.progress = Progress()
         self.summary: dict[str, Any] = {}
         self.offline_rng: torch.Tensor | None = None  # global RNG when the offline sample cache was drawn
@@ -399,7 +417,7 @@ class Trainer:
         cfg = self.config
         env = self.make_env()
         try:
-            check_env(env, self.agent.obs_dim, self.agent.action_low.cpu().numpy(),
+            check_env(env, self.agent.obs_spec, self.agent.action_low.cpu().numpy(),
                       self.agent.action_high.cpu().numpy())
             with self._bar(cfg.online_env_steps, "online") as bar:
                 while self.progress.step < cfg.online_env_steps:
@@ -433,25 +451,27 @@ class Trainer:
             obs, _ = env.reset(seed=1_000_000 * (cfg.seed + 1) + progress.episodes)
         except Exception as error:
             raise self._fault(None, f"env.reset raised {type(error).__name__}: {error}") from error
-        recorder = EpisodeRecorder(np.asarray(obs, dtype=np.float32))
-        while True:
-            action = self.agent.act(recorder.observations[-1], self.collect_mode).cpu().numpy()
-            try:
-                obs, reward, terminated, truncated, _ = env.step(action)
-            except Exception as error:
-                raise self._fault(recorder, f"env.step raised {type(error).__name__}: {error}") from error
-            obs = np.asarray(obs, dtype=np.float32)
-            if not (np.isfinite(obs).all() and np.isfinite(reward)):
-                raise self._fault(recorder, f"env.step returned a non-finite observation or reward ({reward})")
-            progress.step += 1
-            progress.env_steps += 1
-            truncated = truncated or len(recorder) + 1 >= cfg.max_episode_steps or progress.step == cfg.online_env_steps
-            recorder.add(action, self._reward(float(reward)), obs, terminated, truncated)
-            bar.update(1)
-            if progress.step % cfg.online_eval_every == 0 and progress.step < cfg.online_env_steps:
-                bar.set_postfix(self.evaluate("online"))
-            if terminated or truncated:
-                return recorder.episode()
+        recorder = EpisodeRecorder(as_stored(obs))
+        while True:  # a chunk of actions per decision, executed open-loop (one action without chunks)
+            plan = self.agent.act(recorder.observations[-1], self.collect_mode).cpu().numpy()
+            for action in plan.reshape(-1, self.agent.action_dim):
+                try:
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                except Exception as error:
+                    raise self._fault(recorder, f"env.step raised {type(error).__name__}: {error}") from error
+                obs = as_stored(obs)
+                if not (finite(obs) and np.isfinite(reward)):
+                    raise self._fault(recorder, f"env.step returned a non-finite observation or reward ({reward})")
+                progress.step += 1
+                progress.env_steps += 1
+                truncated = (truncated or len(recorder) + 1 >= cfg.max_episode_steps
+                             or progress.step == cfg.online_env_steps)
+                recorder.add(action, self._reward(float(reward)), obs, terminated, truncated)
+                bar.update(1)
+                if progress.step % cfg.online_eval_every == 0 and progress.step < cfg.online_env_steps:
+                    bar.set_postfix(self.evaluate("online"))
+                if terminated or truncated:
+                    return recorder.episode()
 
     def _fault(self, recorder: EpisodeRecorder | None, what: str) -> EnvironmentFault:
         """Keep the steps before the fault as a truncated episode, checkpoint, and describe it all."""
@@ -519,6 +539,17 @@ class Trainer:
             for env in self._eval_envs + self._diagnostic_envs:
                 env.close()
         return TrainResult(self.summary, self.logger.evaluations)
+
+
+def as_stored(obs: object) -> np.ndarray | dict[str, np.ndarray]:
+    """An env observation as episodes store it: float32 vectors, mappings as they come (already in spec form)."""
+    return dict(obs) if isinstance(obs, dict) else np.asarray(obs, dtype=np.float32)
+
+
+def finite(obs: object) -> bool:
+    """No NaN or inf in any float array of an observation."""
+    arrays = obs.values() if isinstance(obs, dict) else [obs]
+    return all(np.isfinite(a).all() for a in arrays if np.issubdtype(np.asarray(a).dtype, np.floating))
 
 
 def _numpy_state_to_tensors(state: tuple) -> tuple:
