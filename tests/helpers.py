@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,3 +51,47 @@ class UniformPolicy(nn.Module):
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.dummy * 0
+
+
+INSTRUCTION = "move the dot to the right edge"
+
+
+def render_dots(positions: np.ndarray, size: int = 12) -> np.ndarray:
+    """Positions in [-1, 1]² [T, 2] → uint8 images [T, size, size, 3]: a white 2×2 dot on a grey goal column."""
+    images = np.zeros((len(positions), size, size, 3), np.uint8)
+    images[:, :, -2:, 1] = 128  # the goal region, always visible
+    cells = np.clip(((np.asarray(positions) + 1) / 2 * (size - 2)).round().astype(int), 0, size - 2)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            images[np.arange(len(positions)), cells[:, 1] + dy, cells[:, 0] + dx] = 255
+    return images
+
+
+class PixelPointGoal(gym.Wrapper):
+    """PointGoal seen through a 12×12 camera, with a language instruction: a raw Dict/Text env, as a user's is."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("pa_rl/PointGoal-v0"))
+        self.observation_space = gym.spaces.Dict({"pixels": gym.spaces.Box(0, 255, (12, 12, 3), np.uint8),
+                                                  "instruction": gym.spaces.Text(64)})
+
+    def _observe(self, position: np.ndarray) -> dict:
+        return {"pixels": render_dots(position[None])[0], "instruction": INSTRUCTION}
+
+    def reset(self, **kwargs):
+        position, info = self.env.reset(**kwargs)
+        return self._observe(position), info
+
+    def step(self, action):
+        position, reward, terminated, truncated, info = self.env.step(action)
+        return self._observe(position), reward, terminated, truncated, info
+
+
+def pixel_episodes(count: int, seed: int) -> list:
+    """PointGoal's expert/random mixture, its positions rendered as PixelPointGoal observes them."""
+    from pa_rl.envs.point_goal import collect_episodes
+    from pa_rl.observations import encode_text
+
+    return [dataclasses.replace(e, observations={
+        "pixels": render_dots(e.observations), "instruction": encode_text([INSTRUCTION] * len(e.observations))})
+        for e in collect_episodes(count, seed=seed)]

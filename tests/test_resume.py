@@ -67,6 +67,16 @@ def test_sigkill_in_every_phase_then_resume_matches_an_uninterrupted_run(tmp_pat
     assert phases == {"bc", "offline", "online"}
 
 
+def test_sigkill_with_images_and_chunks_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert run_worker(reference, "--pixels").returncode == 0
+    for i, kill in enumerate(["update:25", "env_step:50"]):  # mid-offline, then mid-episode online
+        proc = run_worker(killed, "--pixels", *(["--resume"] if i else []), "--kill-at", kill)
+        assert proc.returncode == -signal.SIGKILL, (kill, proc.stderr)
+    assert run_worker(killed, "--pixels", "--resume").returncode == 0
+    assert_same_run(reference, killed)
+
+
 def test_cli_resume_after_an_external_sigkill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))

@@ -5,14 +5,16 @@ from pa_rl.agent import Agent, AgentConfig
 from pa_rl.buffer import Batch, ReplayBuffer
 from pa_rl.critic import CriticConfig, QEnsemble
 from pa_rl.data.episodes import Episode
+from pa_rl.encoders import EncoderConfig
+from pa_rl.observations import Field, SpecObservation, spec_of_space
 from pa_rl.optimize import ActionOptimizer, Candidates, OptimizerConfig
 from pa_rl.policies import (POLICIES, DiffusionConfig, DiffusionPolicy, FlowConfig, FlowPolicy, GaussianConfig,
                             GaussianPolicy, Policy, TokenConfig, TokenPolicy, make_policy)
 from pa_rl.train import TrainConfig, TrainResult, train
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = ["Agent", "AgentConfig", "ActionOptimizer", "Batch", "Candidates", "CriticConfig", "DiffusionConfig",
-           "DiffusionPolicy", "Episode", "FlowConfig", "FlowPolicy", "GaussianConfig", "GaussianPolicy",
-           "OptimizerConfig", "POLICIES", "Policy", "QEnsemble", "ReplayBuffer", "TokenConfig", "TokenPolicy",
-           "TrainConfig", "TrainResult", "make_policy", "train"]
+           "DiffusionPolicy", "EncoderConfig", "Episode", "Field", "FlowConfig", "FlowPolicy", "GaussianConfig", "GaussianPolicy",
+           "OptimizerConfig", "POLICIES", "Policy", "QEnsemble", "ReplayBuffer", "SpecObservation", "TokenConfig",
+           "TokenPolicy", "TrainConfig", "TrainResult", "make_policy", "spec_of_space", "train"]

@@ -210,7 +210,7 @@ class Agent(nn.Module):
         if self.config.objective == "iql":
             metrics, candidates = self._iql_critic_step(batch), None
         else:
-            metrics, candidates = self._cql_critic_step(batch)
+            metrics, candidates = self._cql_critic_step(batch)  # π̂'s candidates at s, data action values
         polyak_update(self.target_critic, self.critic, self.config.tau)
         if distill:
             metrics.update(self._improve_policy(batch, candidates))
@@ -227,7 +227,7 @@ class Agent(nn.Module):
         target = batch.rewards + batch.discounts * (1 - batch.terminals) * next_values
         return torch.maximum(target, batch.mc_returns) if self.config.mc_target_floor else target
 
-    def _cql_critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Candidates]:
+    def _cql_critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], tuple[Candidates, torch.Tensor]]:
         cfg, size = self.config, len(batch)
         # π̂ on s and s' in one batched call: s' for the backup, both for the conservative term.
         cached = None
@@ -261,7 +261,9 @@ class Agent(nn.Module):
             "critic/q_spread": current.values.std(-1).mean() if current.values.shape[-1] > 1 else target.new_zeros(()),
             "critic/local_gain": (both.values - both.initial_values).mean(),
         }
-        return {name: value.detach() for name, value in metrics.items()}, current
+        # The data actions' values as π̂ sees them, for distillation (no second encoder pass over s).
+        data_values = self.action_optimizer.reduce(q_data).detach()
+        return {name: value.detach() for name, value in metrics.items()}, (current, data_values)
 
     def _iql_critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -303,7 +305,8 @@ class Agent(nn.Module):
         """One policy step alone (for PA-RL: distillation, action optimization included)."""
         return self._improve_policy(batch, None)
 
-    def _improve_policy(self, batch: Batch, candidates: Candidates | None) -> dict[str, torch.Tensor]:
+    def _improve_policy(self, batch: Batch, candidates: tuple[Candidates, torch.Tensor] | None
+                        ) -> dict[str, torch.Tensor]:
         mode = self.config.policy_improvement
         if mode == "reparam":
             return self._reparam_step(batch)
@@ -311,14 +314,18 @@ class Agent(nn.Module):
             return self._awr_step(batch)
         return self._distill_step(batch, candidates)
 
-    def _distill_step(self, batch: Batch, candidates: Candidates | None) -> dict[str, torch.Tensor]:
-        """Fit the policy, with its own loss, to actions chosen from the optimized candidates."""
+    def _distill_step(self, batch: Batch, scored: tuple[Candidates, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Fit the policy, with its own loss, to actions chosen from the optimized candidates; ``scored``:
+        the critic step's candidates and data-action values, computed here when not given."""
         cfg = self.config
-        if candidates is None:
+        if scored is None:
             candidates = self.optimize_actions(batch.obs, batch.policy_samples)
+            if cfg.distill_with_data_action:
+                with torch.no_grad():
+                    data_values = self.action_optimizer.value(self.critic, batch.obs, batch.actions)
+        else:
+            candidates, data_values = scored
         if cfg.distill_with_data_action:
-            with torch.no_grad():
-                data_values = self.action_optimizer.value(self.critic, batch.obs, batch.actions)
             candidates = candidates.with_action(batch.actions, data_values)
         targets = candidates.choose(cfg.distill_choice, cfg.distill_temperature)
         loss = self._policy_step(lambda: self.policy.loss(batch.obs, self.shaped(targets)), cfg.distill_lr)

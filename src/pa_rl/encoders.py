@@ -27,11 +27,11 @@ class EncoderConfig:
     """How mapping observations are encoded (flat vectors pass through unchanged)."""
 
     # conv: a small DrQ-style net (4 layers of 3×3 convolutions), right for ≤ 100-pixel images;
-    # resnet18: torchvision's ResNet-18 with GroupNorm for large ones (pip install 'pa-rl[vision]').
+    # resnet18: ResNet-18 with GroupNorm (torchvision's layout) for large ones.
     image: Literal["conv", "resnet18"] = "conv"
     image_features: int = 64  # features per camera
     conv_channels: int = 32
-    resnet_weights: Path | None = None  # a torchvision resnet18 state dict to start from (no download)
+    resnet_weights: Path | None = None  # a (torchvision) resnet18 state dict file to start from; none is downloaded
     shift: int = 4  # random-shift augmentation in pixels while training (0 = off)
     text_features: int = 32  # learned byte embedding of the instruction, mean-pooled
 
@@ -72,12 +72,9 @@ class ImageEncoder(nn.Module):
         height, width, channels = field.shape
         self.shift = config.shift
         if config.image == "resnet18":
-            self.trunk = resnet18_trunk(channels, config.resnet_weights)
+            self.trunk = ResNet18(channels, config.resnet_weights)
         else:
-            c = config.conv_channels
-            self.trunk = nn.Sequential(
-                nn.Conv2d(channels, c, 3, stride=2), nn.ReLU(), nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
-                nn.Conv2d(c, c, 3, stride=2), nn.ReLU(), nn.Conv2d(c, c, 3, stride=1), nn.ReLU(), nn.Flatten())
+            self.trunk = conv_trunk(channels, min(height, width), config.conv_channels)
         with torch.no_grad():
             trunk_dim = self.trunk(torch.zeros(1, channels, height, width)).shape[-1]
         self.head = nn.Sequential(nn.Linear(trunk_dim, config.image_features), nn.LayerNorm(config.image_features),
@@ -90,26 +87,73 @@ class ImageEncoder(nn.Module):
         return self.head(self.trunk(x))
 
 
-def resnet18_trunk(channels: int, weights: Path | None) -> nn.Module:
-    """torchvision's ResNet-18 without its classifier, GroupNorm instead of BatchNorm (batch statistics
-    would couple the states of a batch, and the critic sees odd batches), optionally loaded from a
-    local state dict (BatchNorm running statistics in it are skipped)."""
-    try:
-        from torchvision.models import resnet18
-    except ImportError as error:
-        raise ImportError("the resnet18 image encoder needs torchvision: pip install 'pa-rl[vision]'") from error
-    net = resnet18(weights=None, norm_layer=lambda width: nn.GroupNorm(max(1, width // 16), width))
-    if channels != 3:
-        net.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
-    net.fc = nn.Identity()
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.") and "running_" not in k
-                 and "num_batches_tracked" not in k}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights} is not a resnet18 state dict: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    return net
+def conv_trunk(channels: int, size: int, width: int) -> nn.Sequential:
+    """Up to four 3×3 convolutions (DrQ's encoder), striding 2 while the feature map is larger than 8
+    pixels: 64×64 images end as 5×5 maps (31, 15, 7, 5), small ones keep at least one pixel."""
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        if size < 3:
+            break
+        stride = 2 if size > 8 else 1
+        layers += [nn.Conv2d(channels, width, 3, stride=stride), nn.ReLU()]
+        channels, size = width, (size - 3) // stride + 1
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def group_norm(width: int) -> nn.GroupNorm:
+    """GroupNorm instead of BatchNorm: batch statistics would couple the states of a batch (and the
+    critic sees odd batches: states and next states, candidates of one state)."""
+    return nn.GroupNorm(max(1, width // 16), width)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's two 3×3 convolutions with a skip connection (projected when the shape changes)."""
+
+    def __init__(self, in_width: int, width: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_width, width, 3, stride, 1, bias=False)
+        self.bn1 = group_norm(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = group_norm(width)
+        self.downsample = (nn.Sequential(nn.Conv2d(in_width, width, 1, stride, bias=False), group_norm(width))
+                           if stride != 1 or in_width != width else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) without its classifier: [B, C, H, W] → [B, 512].
+
+    Parameter names follow torchvision's ``resnet18`` so its state dicts load (``weights``: a local
+    file; BatchNorm running statistics in it are skipped). Written here rather than imported: the
+    torchvision wheel on PyPI is built for the CUDA torch and cannot load its operators next to the
+    CPU torch build that ``make install`` pins."""
+
+    def __init__(self, channels: int = 3, weights: Path | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = group_norm(64)
+        widths, in_width = (64, 128, 256, 512), 64
+        for i, width in enumerate(widths, start=1):
+            stride = 1 if i == 1 else 2
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(in_width, width, stride), BasicBlock(width, width, 1)))
+            in_width = width
+        if weights is not None:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.") and "running_" not in k
+                     and "num_batches_tracked" not in k}
+            missing, unexpected = self.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{weights} is not a resnet18 state dict for {channels}-channel images: missing "
+                                 f"{missing[:4]}, unexpected {unexpected[:4]}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean((2, 3))
 
 
 class TextEncoder(nn.Module):
