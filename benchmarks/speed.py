@@ -1,6 +1,7 @@
 """Speed of PA-RL per policy class: one full update, action optimization alone, policy sampling alone.
 
     python benchmarks/speed.py [--device cpu|cuda] [--policy all] [--config default cpu] [--json out.json]
+    python benchmarks/speed.py --obs pixels --config cpu --policy diffusion   # images: encoder share too
 
 Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
   default  AgentConfig() as is = the spec defaults: N = 32 samples, top k = 10, T = 10 local steps,
@@ -15,6 +16,9 @@ Rows, on random Meta-World-sized data (obs 39, action 4 in [-1, 1]) with B = --b
             the offline phase (TrainConfig.cache_policy_samples): the update minus its sampling.
   optimize  agent.optimize_actions(obs) on B states (sampling + top-k + T gradient steps).
   sample    B × N policy samples (pa_rl.optimize.sample_actions: eval mode, no autograd).
+With --obs pixels the observations are pointmaze-umaze-pixels' (uint8 64×64×3 camera, 2-d velocity,
+64-byte instruction; 2-d actions), and each row also says how much of its GFLOP runs in the forward
+passes of the encoders (policy's, critic's, target critic's) and how many ms those take.
 Times are medians over --repeats calls after --warmup calls. FLOPs are counted by
 torch.utils.flop_counter.FlopCounterMode over one call (forward and backward); it counts matmuls
 (mm/addmm/bmm/baddbmm) and known attention kernels, not elementwise ops or norms, and not the CPU
@@ -43,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pa_rl.agent import Agent
 from pa_rl.buffer import Batch
+from pa_rl.observations import TEXT_LENGTH, Field
 from pa_rl.optimize import sample_actions
 from pa_rl.policies import POLICIES, make_policy
 from pa_rl.presets import cpu as cpu_preset
@@ -94,11 +99,22 @@ def matmul_gflops(device: torch.device, size: int = 2048) -> float:
     return 2 * size ** 3 / median_seconds(lambda: a @ b, device, warmup=3, repeats=10) / 1e9
 
 
-def random_batch(size: int, obs_dim: int, action_dim: int, device: torch.device) -> Batch:
-    return Batch(obs=torch.randn(size, obs_dim, device=device),
+PIXELS = {"pixels": Field("image", (64, 64, 3)), "velocity": Field("vector", (2,)),
+          "instruction": Field("text", (TEXT_LENGTH,))}
+
+
+def random_obs(size: int, spec: int | dict[str, Field], device: torch.device) -> torch.Tensor | dict[str, torch.Tensor]:
+    if isinstance(spec, int):
+        return torch.randn(size, spec, device=device)
+    return {key: torch.randn(size, *f.shape, device=device) if f.kind == "vector"
+            else torch.randint(0, 256, (size, *f.shape), dtype=torch.uint8, device=device) for key, f in spec.items()}
+
+
+def random_batch(size: int, spec: int | dict[str, Field], action_dim: int, device: torch.device) -> Batch:
+    return Batch(obs=random_obs(size, spec, device),
                  actions=torch.rand(size, action_dim, device=device) * 2 - 1,
                  rewards=-(torch.rand(size, device=device) < 0.9).float(),
-                 next_obs=torch.randn(size, obs_dim, device=device),
+                 next_obs=random_obs(size, spec, device),
                  terminals=(torch.rand(size, device=device) < 0.05).float(),
                  mc_returns=-100 * torch.rand(size, device=device), discounts=torch.full((size,), 0.99, device=device))
 
@@ -122,9 +138,10 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
     torch.manual_seed(0)
     run = CONFIGS[config_name]
     cfg = run.agent
-    low, high = -np.ones(args.action_dim, np.float32), np.ones(args.action_dim, np.float32)
-    agent = Agent(make_policy(name, args.obs_dim, low, high, getattr(run, name)), args.obs_dim, low, high, cfg, device)
-    batch = random_batch(args.batch_size, args.obs_dim, args.action_dim, device)
+    spec, action_dim = (PIXELS, 2) if args.obs == "pixels" else (args.obs_dim, args.action_dim)
+    low, high = -np.ones(action_dim, np.float32), np.ones(action_dim, np.float32)
+    agent = Agent(make_policy(name, spec, low, high, getattr(run, name)), spec, low, high, cfg, device)
+    batch = random_batch(args.batch_size, spec, action_dim, device)
     cached = replace(batch, policy_samples=agent.sample_policy(batch.obs),
                      next_policy_samples=agent.sample_policy(batch.next_obs))
     calls: dict[str, Callable[[], object]] = {
@@ -133,22 +150,66 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
         "optimize": lambda: agent.optimize_actions(batch.obs),
         "sample": lambda: sample_actions(agent.policy, batch.obs, cfg.optimizer.num_samples),
     }
+    encoders = [m for m in (agent.policy.encoder, agent.critic.encoder, agent.target_critic.encoder)
+                if args.obs == "pixels"]
     rows = []
     for step, fn in calls.items():
         flops = count_flops(fn)
         matmul = matmul_gflops(device)
         seconds = median_seconds(fn, device, args.warmup, args.repeats)
-        rows.append({"config": config_name, "policy": name, "step": step, "ms": 1e3 * seconds, "per_s": 1 / seconds,
-                     "gflop": flops / 1e9, "gflop_s": flops / seconds / 1e9, "matmul_gflop_s": matmul,
-                     "of_matmul": flops / seconds / 1e9 / matmul})
+        row = {"config": config_name, "policy": name, "step": step, "ms": 1e3 * seconds, "per_s": 1 / seconds,
+               "gflop": flops / 1e9, "gflop_s": flops / seconds / 1e9, "matmul_gflop_s": matmul,
+               "of_matmul": flops / seconds / 1e9 / matmul}
+        if encoders:
+            encoder_flops, encoder_seconds = inside_encoders(fn, encoders, device)
+            row |= {"encoder_gflop_share": encoder_flops / flops if flops else 0.0,
+                    "encoder_forward_ms": 1e3 * encoder_seconds}
+        rows.append(row)
     return rows
 
 
+def inside_encoders(fn: Callable[[], object], encoders: list[torch.nn.Module], device: torch.device
+                    ) -> tuple[int, float]:
+    """FLOPs and wall clock of the encoders' forward passes during one call of ``fn`` (their backward
+    passes are in the row's total, not here)."""
+    flops, seconds, open_counters = [0], [0.0], []
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def before(*_: object) -> None:
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _NoModuleTracking()  # type: ignore[assignment]
+        sync()
+        open_counters.append((counter, time.perf_counter()))
+        counter.__enter__()
+
+    def after(*_: object) -> None:
+        counter, start = open_counters.pop()
+        sync()
+        seconds[0] += time.perf_counter() - start
+        counter.__exit__(None, None, None)
+        flops[0] += counter.get_total_flops()
+
+    handles = [h for m in encoders for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return flops[0], seconds[0]
+
+
 def markdown(rows: list[dict[str, str | float]]) -> str:
-    lines = ["| config | policy | step | ms | calls/s | GFLOP | GFLOP/s | matmul GFLOP/s | of mm |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    images = "encoder_gflop_share" in rows[0]
+    lines = ["| config | policy | step | ms | calls/s | GFLOP | GFLOP/s | matmul GFLOP/s | of mm |"
+             + (" encoders' GFLOP | encoders' forward ms |" if images else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if images else "")]
     lines += [f"| {r['config']} | {r['policy']} | {r['step']} | {r['ms']:.1f} | {r['per_s']:.2f} | {r['gflop']:.2f} "
-              f"| {r['gflop_s']:.1f} | {r['matmul_gflop_s']:.1f} | {100 * r['of_matmul']:.0f} % |" for r in rows]
+              f"| {r['gflop_s']:.1f} | {r['matmul_gflop_s']:.1f} | {100 * r['of_matmul']:.0f} % |"
+              + (f" {100 * r['encoder_gflop_share']:.0f} % | {r['encoder_forward_ms']:.1f} |" if images else "")
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -162,6 +223,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--obs-dim", type=int, default=39)
     parser.add_argument("--action-dim", type=int, default=4)
+    parser.add_argument("--obs", choices=["vector", "pixels"], default="vector",
+                        help="vector: --obs-dim floats; pixels: pointmaze-umaze-pixels' observations")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write machine info and rows to this path")
     args = parser.parse_args()

@@ -9,7 +9,7 @@ phase checkpoint).
     python benchmarks/suite.py --tasks pointmaze-umaze --methods main --seeds 0 1 2
     python benchmarks/suite.py --tasks pointmaze-umaze --methods parl-diffusion --seeds 0 --bc-steps 1000
     python benchmarks/suite.py --tasks all --methods main --jobs 2   # two cells at a time (one per core)
-    python benchmarks/suite.py --full --jobs 2   # the whole suite: 51 cells per seed
+    python benchmarks/suite.py --full --jobs 2   # the whole suite: 53 cells per seed (51 on state tasks, 2 on pixels)
     python benchmarks/suite.py --list            # task, method and group names
 
 Results: ``benchmarks/results/<task>__<method>__s<seed>.json``; run folders (metrics, checkpoints)
@@ -43,8 +43,10 @@ from pa_rl.runs import RunConfig, build_agent, ensure_dataset, resolve_dataset
 from pa_rl.train import differences, to_jsonable, train
 
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ("pointmaze-umaze", "pointmaze-medium", "pointmaze-large",
-         "metaworld-push", "metaworld-pick-place", "metaworld-coffee-push")
+STATE_TASKS = ("pointmaze-umaze", "pointmaze-medium", "pointmaze-large",
+               "metaworld-push", "metaworld-pick-place", "metaworld-coffee-push")
+PIXEL_TASKS = ("pointmaze-umaze-pixels",)  # 64×64 camera, velocity, instruction (pa_rl.data.pointmaze_pixels)
+TASKS = STATE_TASKS + PIXEL_TASKS
 POLICY_CLASSES = ("diffusion", "token", "gaussian", "flow")
 # The suite's 1000 online env steps are fewer than the 2 warm-up episodes of these mazes (600 and 800
 # steps), so no online update could happen: they are run offline only, and their online score is n/a.
@@ -115,6 +117,11 @@ def _iql_awr(config: RunConfig) -> RunConfig:
     return _train(_agent(config, objective="iql", policy_improvement="awr"), cache_policy_samples=False)
 
 
+def _chunk(size: int) -> Configure:
+    """PA-RL acting in chunks of ``size`` actions, executed open-loop (the Q-chunking backup)."""
+    return lambda config: _agent(_parl(config), chunk=size)
+
+
 def _ablation(local_steps: int | None = None, top_k_all: bool = False, num_samples: int | None = None) -> Configure:
     """PA-RL diffusion with one part of action optimization changed. A changed N keeps the preset's
     k = N / 2 ratio (preset: N 8, k 4)."""
@@ -144,6 +151,7 @@ METHODS: dict[str, Method] = {
                                     "ablation: global only (top-k by Q, no local steps)"),
     "parl-diffusion-local": Method("diffusion", "pa_rl", _ablation(top_k_all=True),
                                    "ablation: local only (no top-k filter, k = N)"),
+    "parl-diffusion-chunk4": Method("diffusion", "pa_rl", _chunk(4), "PA-RL diffusion in action chunks of 4"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
        for n in (4, 16, 32)},
 }
@@ -155,10 +163,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "parl-diffusion-n4", "parl-diffusion-n16", "parl-diffusion-n32"),
     "all": tuple(METHODS),
 }
-# The whole suite (``--full``): the main comparison on every task; the other policy classes, their BC
-# and the ablations on one task.
+# The whole suite (``--full``): the main comparison on every state task; the other policy classes, their
+# BC and the ablations on one task; PA-RL diffusion with and without chunks from pixels.
 FULL_SUITE: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (TASKS, GROUPS["main"]),
+    (STATE_TASKS, GROUPS["main"]),
+    (PIXEL_TASKS, ("parl-diffusion", "parl-diffusion-chunk4")),
     (("pointmaze-umaze",), ("parl-flow", "bc-gaussian", "bc-token", "bc-flow", *GROUPS["ablations"][1:])),
 )
 

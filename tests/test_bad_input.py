@@ -74,7 +74,7 @@ GOOD = collect_episodes(4, seed=1)
     ([GOOD[0], spoil(GOOD[1], "rewards", 0, -np.inf)], "episode 1: non-finite rewards (first at step 0"),
     ([GOOD[0], spoil(GOOD[1], "actions", 2, 3.0)], "episode 1: action[2][0] = 3.0 is outside the action space bounds"),
     ([dataclasses.replace(GOOD[0], observations=GOOD[0].observations[:, :1])],
-     "episode 0: shapes (observations, actions, rewards, terminations, truncations)"),
+     "episode 0: observations have shape (41, 1), expected shape (41, 2)"),
     ([], "training data has no transitions (0 episodes); pass a non-empty dataset"),
 ])
 def test_bad_episodes_are_refused_before_any_compute(tmp_path: Path, episodes: list[Episode], message: str) -> None:
@@ -124,8 +124,10 @@ def test_an_environment_that_does_not_fit_the_data_is_refused(tmp_path: Path, ma
 
 
 def test_a_replay_buffer_larger_than_memory_is_refused_before_allocating(tmp_path: Path) -> None:
-    config = dataclasses.replace(CONFIG, online_buffer_size=10**12)  # 10¹² · 36 bytes or so: far beyond any RAM
-    with pytest.raises(ValueError, match=r"an online replay buffer of 1,000,000,000,000 transitions needs [\d.]+ GB "
-                                         r"but .* GB are free on cpu: at most [\d,]+ fit; lower --train\.online-buffer"):
+    # 10¹² slots of 37 bytes: far beyond any RAM (a long enough online phase, or the buffer is capped at what it fills)
+    config = dataclasses.replace(CONFIG, online_buffer_size=10**12, online_env_steps=10**12)
+    with pytest.raises(ValueError, match=r"an online replay buffer of 1,000,000,000,000 slots \(37 bytes each\) needs "
+                                         r"[\d.]+ GB but .* GB are free on cpu: at most [\d,]+ fit; lower "
+                                         r"--train\.online-buffer"):
         Trainer(make_agent(), GOOD, point_goal_env, config, tmp_path / "run")
     assert not (tmp_path / "run").exists()

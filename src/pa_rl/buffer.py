@@ -101,7 +101,7 @@ class ReplayBuffer:
 
     Memory is ``capacity × bytes_per_slot(obs_spec, action_dim)`` from the start and never grows:
     a 1M-slot buffer for Meta-World (39-d observations, 4-d actions) takes 193 MB, one for 64×64 RGB
-    images 12.3 GB.
+    images (plus velocity and instruction) 12.4 GB.
     """
 
     SCALARS = ("rewards", "terminals", "mc_returns", "discounts")

@@ -63,7 +63,9 @@ class TrainConfig:
     # they start after the episode that crosses this count). Counted in steps, not episodes, so a
     # long-horizon task's warm-up does not swallow a short online budget.
     warmup_env_steps: int = 0
-    online_buffer_size: int = 1_000_000  # transitions; preallocated (see ReplayBuffer.bytes_per_transition)
+    # Slots (an episode of T steps takes T + 1); preallocated, capped at what the online phase can
+    # fill (2 · online_env_steps), see ReplayBuffer.bytes_per_slot.
+    online_buffer_size: int = 1_000_000
     # How online episodes are acted (and the diagnostic's rollouts continued): None = π̂'s argmax for
     # PA-RL, the actor's own sample ("policy") for the reparam/awr baselines.
     collect_mode: ActMode | None = None
@@ -210,9 +212,11 @@ class Trainer:
         self._eval_envs = [self.make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
         check_env(self._eval_envs[0], agent.obs_spec, low, high)
         chunk_dim = len(agent.chunk_low)
+        # Never more slots than the online phase can fill: each step takes at most two (its own, an episode end).
+        online_slots = min(config.online_buffer_size, 2 * config.online_env_steps) or 2
         if config.online_env_steps:
-            size = check_buffer_fits(config.online_buffer_size, agent.obs_spec, chunk_dim, agent.device)
-            log.info("online replay buffer: %s slots × %s bytes = %.2f GB on %s", f"{config.online_buffer_size:,}",
+            size = check_buffer_fits(online_slots, agent.obs_spec, chunk_dim, agent.device)
+            log.info("online replay buffer: %s slots × %s bytes = %.2f GB on %s", f"{online_slots:,}",
                      f"{ReplayBuffer.bytes_per_slot(agent.obs_spec, chunk_dim):,}", size / 1e9, agent.device)
         seed_everything(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -225,9 +229,7 @@ class Trainer:
                                                   horizon=horizon, chunk=chunk, obs_spec=agent.obs_spec)
         self.diagnostic = CriticDiagnostic(held_out, gamma, self.floor_reward, seed=config.seed, chunk=chunk)
         self._diagnostic_envs: list[gym.Env] = []
-        # Allocated at its full size only when an online phase will use it.
-        self.online = ReplayBuffer(config.online_buffer_size if config.online_env_steps else 2, agent.obs_spec,
-                                   chunk_dim, agent.device, horizon, chunk)
+        self.online = ReplayBuffer(online_slots, agent.obs_spec, chunk_dim, agent.device, horizon, chunk)
         self.progress = Progress()
         self.summary: dict[str, Any] = {}
         self.offline_rng: torch.Tensor | None = None  # global RNG when the offline sample cache was drawn
