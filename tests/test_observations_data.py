@@ -5,8 +5,6 @@ names the key, the episode and the step; the built-in pixel PointMaze recipe."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import gymnasium as gym
@@ -87,28 +85,6 @@ for _id, _entry in ((CAMERA_ID, f"{__name__}:CameraEnv"), (FLOAT_CAMERA_ID, f"{_
         gym.register(_id, entry_point=_entry)
 
 
-def _tree_map(fn, tree, *rest):
-    """``jax.tree_util.tree_map`` for the trees minari's EpisodeBuffer builds (dicts, lists, None, leaves)."""
-    if isinstance(tree, dict):
-        return {key: _tree_map(fn, value, *(other[key] for other in rest)) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_tree_map(fn, value, *(other[i] for other in rest)) for i, value in enumerate(tree))
-    return None if tree is None else fn(tree, *rest)
-
-
-@pytest.fixture()
-def collector_deps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Minari's DataCollector imports jax (``minari[create]``) for one ``tree_map``; where jax is not
-    installed, stand in for that one function."""
-    try:
-        import jax.tree_util  # noqa: F401
-    except ImportError:
-        jax = types.ModuleType("jax")
-        jax.tree_util = types.SimpleNamespace(tree_map=_tree_map)
-        monkeypatch.setitem(sys.modules, "jax", jax)
-        monkeypatch.setitem(sys.modules, "jax.tree_util", jax.tree_util)
-
-
 def _collect(root: Path, monkeypatch: pytest.MonkeyPatch, episodes: int = 3, eval_env: str | None = None) -> str:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     env = DataCollector(gym.make(CAMERA_ID))
@@ -127,7 +103,7 @@ def _collect(root: Path, monkeypatch: pytest.MonkeyPatch, episodes: int = 3, eva
 # ---- (a) a Dict data set written by minari's own DataCollector ----------------------------------------
 
 
-def test_collected_dict_data_load_as_mapping_episodes(tmp_path: Path, monkeypatch, collector_deps) -> None:
+def test_collected_dict_data_load_as_mapping_episodes(tmp_path: Path, monkeypatch) -> None:
     path = _collect(tmp_path, monkeypatch)
     raw = minari.load_dataset("test/cameras-v0")
     assert raw.storage.jpeg_encoding  # minari's default: camera images as JPEG
@@ -153,7 +129,7 @@ def test_collected_dict_data_load_as_mapping_episodes(tmp_path: Path, monkeypatc
     assert info["observation"]["front"] == "image uint8 (32, 32, 3)"
 
 
-def test_collected_env_is_recovered_in_the_data_form(tmp_path: Path, monkeypatch, collector_deps) -> None:
+def test_collected_env_is_recovered_in_the_data_form(tmp_path: Path, monkeypatch) -> None:
     data = load_dataset(_collect(tmp_path, monkeypatch, episodes=1))  # its env id is registered (above): trusted
     env = data.make_env()
     obs, _ = env.reset(seed=2)
@@ -186,7 +162,7 @@ class TwoCameraPolicy(torch.nn.Module):
         return (((actions - mean) / std) ** 2 / 2 + std.log()).sum(-1).mean()
 
 
-def test_collected_data_train_through_the_cli_and_the_python_api(tmp_path: Path, monkeypatch, collector_deps,
+def test_collected_data_train_through_the_cli_and_the_python_api(tmp_path: Path, monkeypatch,
                                                                   capsys) -> None:
     path = _collect(tmp_path, monkeypatch, episodes=6)
     monkeypatch.chdir(tmp_path)
@@ -205,8 +181,7 @@ def test_collected_data_train_through_the_cli_and_the_python_api(tmp_path: Path,
     assert result.summary["online"]["eval/pa_rl_length"] == STEPS
 
 
-def test_an_env_whose_observations_differ_from_the_data_is_refused(tmp_path: Path, monkeypatch,
-                                                                  collector_deps) -> None:
+def test_an_env_whose_observations_differ_from_the_data_is_refused(tmp_path: Path, monkeypatch) -> None:
     data = load_dataset(_collect(tmp_path, monkeypatch, episodes=1, eval_env=FLOAT_CAMERA_ID))
     with pytest.raises(DataError, match=r"gives observations \{'front': vector float32 \(3072,\), .* but the dataset "
                                         r"has \{'front': image uint8 \(32, 32, 3\), "):
@@ -214,7 +189,7 @@ def test_an_env_whose_observations_differ_from_the_data_is_refused(tmp_path: Pat
     data.make_env(eval_env=False).close()  # the collection env fits
 
 
-def test_fingerprint_covers_every_key(tmp_path: Path, monkeypatch, collector_deps) -> None:
+def test_fingerprint_covers_every_key(tmp_path: Path, monkeypatch) -> None:
     data = load_dataset(_collect(tmp_path, monkeypatch, episodes=2))
     before = data.fingerprint()["sha256"]
     data.episodes[1].observations["instruction"][3, 0] += 1
