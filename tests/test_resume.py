@@ -178,12 +178,12 @@ def resident_bytes() -> int:
 
 
 def test_replay_buffer_memory_is_preallocated_and_bounded() -> None:
-    # Meta-World sizes: 39-d observations, 4-d actions; 4 · (2 · 39 + 4 + 4) = 344 bytes a transition.
+    # Meta-World sizes: 39-d observations, 4-d actions; 4 · 39 + 4 · (4 + 5) + 1 = 193 bytes a slot.
     buffer = ReplayBuffer(1_000_000, 39, 4)
-    assert ReplayBuffer.bytes_per_transition(39, 4) == 344 and buffer.nbytes == 344_000_000
+    assert ReplayBuffer.bytes_per_slot(39, 4) == 193 and buffer.nbytes == 193_000_000
     allocated = resident_bytes()
-    for tensor in buffer.storage.values():  # writing every row costs no new memory: it was all taken at once
-        tensor.fill_(1.0)
+    for tensor in [buffer.obs, *buffer.storage.values()]:  # writing every row costs no new memory: all taken at once
+        tensor.fill_(1)
     assert resident_bytes() - allocated < 10e6
     del buffer
     episodes = collect_episodes(3, seed=0)
@@ -192,7 +192,7 @@ def test_replay_buffer_memory_is_preallocated_and_bounded() -> None:
     for _ in range(10):
         for episode in episodes:
             small.add_episode(episode, 0.99, -1.0)
-    assert len(small) == 50 and small.nbytes == before  # full, overwritten in place, never grown
+    assert small.size == 50 and small.nbytes == before  # full, overwritten in place, never grown
 
 
 def test_final_weights_carry_a_sha256_that_catches_a_flipped_bit(tmp_path: Path) -> None:

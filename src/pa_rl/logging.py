@@ -31,12 +31,16 @@ class MetricsLogger:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "metrics.csv"
-            lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+            # newline="": the csv writer ends rows with \r\n; a cut must keep them as written.
+            lines = []
+            if path.exists():
+                with path.open(newline="") as existing:
+                    lines = existing.read().splitlines(keepends=True)
             kept = lines[: rows + 1]  # the header and the rows the checkpoint saw
             if rows and len(kept) < rows + 1:
                 raise ValueError(f"{path} has fewer rows than its checkpoint recorded ({rows}): it was damaged")
             if kept != lines:  # cut, atomically, what was logged after the checkpoint
-                write_atomically(path, lambda tmp: tmp.write_text("".join(kept)))
+                write_atomically(path, lambda tmp: tmp.write_text("".join(kept), newline=""))
             self._file = path.open("a", newline="")
             self._writer = csv.writer(self._file)
             if not kept:

@@ -68,7 +68,8 @@ def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
                     ax.annotate(f"end of {phase}", (step, 0.02), xycoords=("data", "axes fraction"),
                                 rotation=90, va="bottom", ha="right", fontsize=8, color="grey")
     for ax in axes[:, 0]:
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # a diagnostic panel stays empty without held-out episodes
+            ax.legend(fontsize=7, loc="best")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
