@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -190,8 +191,19 @@ def _plot(argv: Sequence[str]) -> None:
 COMMANDS = {"data": _data, "train": _train, "eval": _eval, "plot": _plot}
 
 
+def show_progress_notes() -> None:
+    """pa-rl's log notes (the replay buffer's size, resumes, skipped checkpoints) on stderr, once."""
+    logger = logging.getLogger("pa_rl")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_progress_notes()
     try:
         code = _run(argv)
         sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit-time flush

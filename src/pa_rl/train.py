@@ -216,8 +216,8 @@ class Trainer:
         online_slots = min(config.online_buffer_size, 2 * config.online_env_steps) or 2
         if config.online_env_steps:
             size = check_buffer_fits(online_slots, agent.obs_spec, chunk_dim, agent.device)
-            log.info("online replay buffer: %s slots × %s bytes = %.2f GB on %s", f"{online_slots:,}",
-                     f"{ReplayBuffer.bytes_per_slot(agent.obs_spec, chunk_dim):,}", size / 1e9, agent.device)
+            log.info("online replay buffer: %s slots × %s bytes = %.1f MB on %s", f"{online_slots:,}",
+                     f"{ReplayBuffer.bytes_per_slot(agent.obs_spec, chunk_dim):,}", size / 1e6, agent.device)
         seed_everything(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         episodes = transform_rewards(episodes, config.reward_scale, config.reward_bias)
