@@ -149,6 +149,7 @@ def test_the_pixel_maze_trains_in_chunks_and_evaluates_through_the_cli(tmp_path:
     args = ["train", "--dataset", "pointmaze-umaze-pixels", "--data-dir", "datasets", "--policy", "diffusion",
             "--name", "pixels", *tiny]
     assert main(args) == 0
+    assert "online replay buffer: 80 slots × 12,413 bytes" in capsys.readouterr().err  # said before allocating
     run = tmp_path / "runs" / "pixels"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] == 40 and (run / "curves.png").is_file()

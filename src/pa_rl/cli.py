@@ -191,11 +191,23 @@ def _plot(argv: Sequence[str]) -> None:
 COMMANDS = {"data": _data, "train": _train, "eval": _eval, "plot": _plot}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a note is logged (a caller may have replaced it)."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
+
+
 def show_progress_notes() -> None:
     """pa-rl's log notes (the replay buffer's size, resumes, skipped checkpoints) on stderr, once."""
     logger = logging.getLogger("pa_rl")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
