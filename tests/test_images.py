@@ -159,3 +159,26 @@ def test_the_pixel_maze_trains_in_chunks_and_evaluates_through_the_cli(tmp_path:
     assert main([*args[:-len(tiny)], *tiny, "--name", "too-long", "--agent.chunk", "5000"]) == 2
     assert "longer than every episode" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "too-long").exists()
+
+
+def test_the_resnet18_encoder_has_torchvisions_layout_and_loads_its_state_dicts(tmp_path: Path) -> None:
+    """Written here (torchvision's PyPI wheel cannot load its ops next to the CPU torch), with torchvision's
+    parameter names and count, so a torchvision resnet18 state dict (BatchNorm statistics, classifier and
+    all) loads from a local file."""
+    from pa_rl.encoders import ImageEncoder, ResNet18
+    from pa_rl.observations import Field
+
+    trunk = ResNet18()
+    assert sum(p.numel() for p in trunk.parameters()) == 11_689_512 - 513_000  # torchvision's, less its fc layer
+    state = {k: torch.randn_like(v) for k, v in trunk.state_dict().items()}
+    torchvision_like = dict(state, **{"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000),
+                                      "bn1.running_mean": torch.zeros(64), "bn1.num_batches_tracked": torch.tensor(0)})
+    torch.save(torchvision_like, tmp_path / "resnet18.pt")
+    encoder = ImageEncoder(Field("image", (64, 64, 3)), EncoderConfig(image="resnet18",
+                                                                      resnet_weights=tmp_path / "resnet18.pt"))
+    assert all(torch.equal(encoder.trunk.state_dict()[k], v) for k, v in state.items())
+    encoder.eval()
+    assert encoder(torch.zeros(2, 64, 64, 3, dtype=torch.uint8)).shape == (2, 64)
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a resnet18 state dict"):
+        ResNet18(weights=tmp_path / "other.pt")
