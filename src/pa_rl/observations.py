@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, Union
 
 import gymnasium as gym
 import numpy as np
@@ -44,7 +44,6 @@ class Field:
 
 ObsSpec = Union[int, dict[str, Field]]
 Obs = Union[torch.Tensor, dict[str, torch.Tensor]]
-T = TypeVar("T")
 
 
 def is_image_space(space: gym.spaces.Space) -> bool:
