@@ -51,14 +51,14 @@ def is_image_space(space: gym.spaces.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
 
-def _leaves(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, gym.spaces.Space]]:
+def leaves(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, gym.spaces.Space]]:
     """(key path, sub-space) in ``gymnasium.spaces.flatten`` order; nested keys join with '/'."""
     if isinstance(space, gym.spaces.Dict):
-        return [leaf for key, sub in space.spaces.items() for leaf in _leaves(sub, f"{prefix}{key}/")]
+        return [leaf for key, sub in space.spaces.items() for leaf in leaves(sub, f"{prefix}{key}/")]
     return [(prefix[:-1], space)]
 
 
-def _name(key: str, space: gym.spaces.Space) -> str:
+def key_name(key: str, space: gym.spaces.Space) -> str:
     """A leaf's key; a space that is not a Dict is called ``pixels`` (an image) or ``observation``."""
     return key or ("pixels" if is_image_space(space) else "observation")
 
@@ -68,8 +68,8 @@ def spec_of_space(space: gym.spaces.Space) -> ObsSpec:
 
     Raises ``ValueError`` naming the key of a sub-space pa-rl cannot represent."""
     fields: dict[str, Field] = {}
-    for key, sub in _leaves(space):
-        name = _name(key, sub)
+    for key, sub in leaves(space):
+        name = key_name(key, sub)
         if isinstance(sub, gym.spaces.Text):
             fields[name] = Field("text", (TEXT_LENGTH,))
         elif is_image_space(sub):
@@ -113,15 +113,15 @@ def convert_batch(space: gym.spaces.Space, data: Any, spec: ObsSpec | None = Non
     spec = spec_of_space(space) if spec is None else spec
     if isinstance(spec, int):
         parts = []
-        for key, sub in _leaves(space):
+        for key, sub in leaves(space):
             array = np.asarray(_get(data, key))
             if array.shape[1:] != sub.shape:
-                raise ValueError(f"key {_name(key, sub)!r}: shape {array.shape[1:]}, the space says {sub.shape}")
+                raise ValueError(f"key {key_name(key, sub)!r}: shape {array.shape[1:]}, the space says {sub.shape}")
             parts.append(array.reshape(len(array), -1).astype(np.float32))
         return np.concatenate(parts, axis=1)
     out = {}
-    for key, sub in _leaves(space):
-        name = _name(key, sub)
+    for key, sub in leaves(space):
+        name = key_name(key, sub)
         field, value = spec[name], _get(data, key)
         if field.kind == "text":
             out[name] = encode_text(list(np.asarray(value, dtype=object).reshape(-1)))

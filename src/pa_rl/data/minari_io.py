@@ -32,7 +32,8 @@ from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage.datasets_root_dir import get_dataset_path
 
 from pa_rl.data.episodes import DataError, Episode, check_episode
-from pa_rl.observations import TEXT_LENGTH, ObsSpec, SpecObservation, convert_batch, is_image_space, spec_of_space
+from pa_rl.observations import (TEXT_LENGTH, ObsSpec, SpecObservation, convert_batch, is_image_space, key_name,
+                                leaves, spec_of_space)
 
 __all__ = ["DataError", "LoadedDataset", "load_dataset", "write_dataset", "datasets_root"]
 
@@ -478,15 +479,10 @@ def _describe(spec: ObsSpec | str) -> str:
     return f"of {spec} flat dimensions" if isinstance(spec, int) else f"pa-rl cannot take ({spec})"
 
 
-def _layout(space: gym.spaces.Space, prefix: str = "") -> list[tuple[str, Any]]:
+def _layout(space: gym.spaces.Space) -> list[tuple[str, Any]]:
     """(key path, shape) of each leaf in flatten order (a Text leaf: 'Text'), to compare two Dict layouts."""
-    if isinstance(space, gym.spaces.Dict):
-        return [
-            item for key, sub in space.spaces.items() for item in _layout(sub, f"{prefix}/{key}")
-        ]
-    if isinstance(space, gym.spaces.Box):
-        return [(prefix or "/", tuple(space.shape))]
-    return [(prefix or "/", type(space).__name__)]
+    return [("/" + key, tuple(sub.shape) if isinstance(sub, gym.spaces.Box) else type(sub).__name__)
+            for key, sub in leaves(space)]
 
 
 def _read_episodes(dataset: minari.MinariDataset, episode_ids: list[int],
@@ -504,11 +500,6 @@ def _read_episodes(dataset: minari.MinariDataset, episode_ids: list[int],
                 raise _malformed(data_dir, e) from e
             raise DataError(f"Dataset {dataset.id!r}, episode {episode_id}{problem}") from None
         yield episode
-
-
-def _key_name(path: str, space: gym.spaces.Space) -> str:
-    """A leaf's key as the spec names it (see :func:`pa_rl.observations.spec_of_space`)."""
-    return path or ("pixels" if is_image_space(space) else "observation")
 
 
 _TEXT_FIX = ("Store instructions as strings in a gymnasium Text sub-space of the observation Dict, numbers in Box "
@@ -541,7 +532,7 @@ def _stored_problem(ref: h5py.Group | h5py.Dataset, space: gym.spaces.Space, pat
                 if problem is not None:
                     return problem
         return None
-    key = _key_name(path, space)
+    key = key_name(path, space)
     if not isinstance(ref, h5py.Dataset):
         return f": observation key {key!r} is stored as a group but the space says {space}. Rewrite the dataset."
     if isinstance(space, gym.spaces.Text):
@@ -588,7 +579,7 @@ def _check_stored(space: gym.spaces.Space, data: Any, path: str, where: str, cut
                                 "dataset.")
             _check_stored(sub, data[key], name, where, cut)
         return
-    key = _key_name(path, space)
+    key = key_name(path, space)
     if isinstance(space, gym.spaces.Text):
         for step, text in enumerate(data):
             if not isinstance(text, (str, bytes)):
