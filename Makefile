@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH)"
 	# Pin the installed torch so no later dependency swaps it for a multi-GB CUDA build.
 	$(PY) -m pip freeze | grep -i '^torch==' > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[envs,dev,hf]"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[envs,dev,hf,lerobot-data]"
 	touch $(STAMP)
 
 test: $(STAMP)

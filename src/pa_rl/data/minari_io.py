@@ -169,7 +169,14 @@ def load_dataset(id_or_path: str, trust_env: Sequence[str] = ()) -> LoadedDatase
     environment imports and calls. One that is not a registered gymnasium id's own or pa-rl's
     own is refused unless listed in ``trust_env`` (``"module:callable"``), before anything is
     imported.
+
+    ``lerobot:PATH[,OPTION=VALUE...]`` names a LeRobotDataset folder instead
+    (:func:`pa_rl.data.lerobot_io.load_lerobot`).
     """
+    if id_or_path.startswith("lerobot:"):
+        from pa_rl.data.lerobot_io import load_lerobot  # it builds on this module
+
+        return load_lerobot(id_or_path)
     data_dir = _resolve_data_dir(id_or_path)
     try:
         metadata = json.loads((data_dir / "metadata.json").read_text())
