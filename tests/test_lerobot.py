@@ -356,3 +356,118 @@ def test_a_folder_written_by_lerobots_own_writer_loads_as_lerobot_reads_it(tmp_p
             np.testing.assert_array_equal(loaded.actions[t], item["action"].numpy())
             assert decode_text(loaded.observations["task"][t]) == item["task"]
         start += len(loaded)
+
+
+# ---- LeRobotPolicy: a real lerobot DiffusionPolicy built from its config (no weights downloaded) -------
+CHUNK = 4
+
+
+def lerobot_diffusion(data, chunk: int = CHUNK):
+    pytest.importorskip("lerobot.policies.diffusion.modeling_diffusion", exc_type=ImportError)  # README
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+
+    from pa_rl.policies.lerobot import LeRobotPolicy, lerobot_features, lerobot_stats
+
+    inputs, outputs = lerobot_features(data.obs_spec, data.action_dim)
+    config = DiffusionConfig(input_features=inputs, output_features=outputs, n_obs_steps=2, horizon=8,
+                             n_action_steps=4, down_dims=(16, 32), diffusion_step_embed_dim=16, kernel_size=3,
+                             spatial_softmax_num_keypoints=8, crop_shape=(56, 56), num_train_timesteps=20,
+                             device="cpu")
+    stats = lerobot_stats(data.episodes, data.obs_spec, data.action_low, data.action_high)
+    return LeRobotPolicy.from_config(config, stats, data.obs_spec, chunk)
+
+
+def some_states(data, count: int = 3) -> dict[str, torch.Tensor]:
+    return {key: torch.as_tensor(np.stack([ep.observations[key][t] for ep in data.episodes for t in (0, 5)][:count]))
+            for key in data.obs_spec}
+
+
+def test_a_lerobot_diffusion_policy_samples_chunks_in_one_batched_call_and_learns(folder: Path) -> None:
+    data = load_dataset(f"lerobot:{folder},success=all")
+    policy = lerobot_diffusion(data)
+    assert {"observation.images.top", "observation.state", "action"} <= set(
+        policy.preprocessor.steps[-1].features)  # lerobot's own normalizer sees every feature
+    obs = some_states(data)
+    calls, original = [], policy.policy.diffusion.generate_actions
+
+    def generate_actions(batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append(len(batch["observation.state"]))
+        return original(batch, noise)
+
+    policy.policy.diffusion.generate_actions = generate_actions
+    samples = policy.sample(obs, 5)
+    assert samples.shape == (3, 5, CHUNK, 2) and calls == [15]  # one call for B·N rows
+    low, high = torch.as_tensor(data.action_low), torch.as_tensor(data.action_high)
+    assert ((samples >= low - 1e-5) & (samples <= high + 1e-5)).all()  # unnormalized into env units
+    assert samples.std(1).mean() > 0.05  # fresh noise for every sample
+    one = lerobot_diffusion(data, chunk=1).sample(obs, 2)
+    assert one.shape == (3, 2, 2)
+
+    targets = torch.as_tensor(np.stack([data.episodes[0].actions[t:t + CHUNK] for t in (0, 1, 2)]))
+
+    def loss_on_fixed_noise() -> float:  # the same noises, timesteps and crops before and after
+        losses = []
+        for seed in range(8):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                losses.append(policy.loss(obs, targets).item())
+        return float(np.mean(losses))
+
+    before = loss_on_fixed_noise()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=2e-3)
+    for _ in range(50):
+        loss = policy.loss(obs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    assert loss_on_fixed_noise() < 0.85 * before
+
+
+def test_pa_rls_agent_trains_a_lerobot_policy_and_a_saved_one_loads_back(folder: Path, tmp_path: Path) -> None:
+    from pa_rl import Agent, AgentConfig, CriticConfig, EncoderConfig, OptimizerConfig
+    from pa_rl.buffer import ReplayBuffer
+    from pa_rl.policies.lerobot import LeRobotPolicy
+
+    data = load_dataset(f"lerobot:{folder},success=all")
+    policy = lerobot_diffusion(data)
+    config = AgentConfig(chunk=CHUNK, encoder=EncoderConfig(conv_channels=8, image_features=16, text_features=8),
+                         critic=CriticConfig(ensemble_size=2, hidden_dims=(32, 32)),
+                         optimizer=OptimizerConfig(num_samples=4, top_k=2, local_steps=1))
+    agent = Agent(policy, data.obs_spec, data.action_low, data.action_high, config)
+    buffer = ReplayBuffer.from_episodes(data.episodes, 0.99, horizon=CHUNK, chunk=CHUNK, obs_spec=data.obs_spec)
+    generator = torch.Generator().manual_seed(0)
+    before = {name: value.clone() for name, value in policy.policy.state_dict().items()}
+    assert torch.isfinite(agent.bc_update(buffer.sample(4, generator))["bc/loss"])
+    for _ in range(2):
+        metrics = agent.update(buffer.sample(4, generator), distill=True)
+    assert all(torch.isfinite(value).all() for value in metrics.values())
+    assert any(not torch.equal(before[name], value) for name, value in policy.policy.state_dict().items())
+    actions = agent.act({key: value[:1].numpy() for key, value in some_states(data).items()}, "argmax")
+    assert actions.shape == (1, CHUNK, 2)
+
+    # lerobot's own save_pretrained (weights, config, processors with their statistics) loads back
+    policy.policy.save_pretrained(tmp_path / "saved")
+    policy.preprocessor.save_pretrained(tmp_path / "saved")
+    policy.postprocessor.save_pretrained(tmp_path / "saved")
+    loaded = LeRobotPolicy.from_pretrained(tmp_path / "saved", data.obs_spec, CHUNK)
+    obs = some_states(data)
+    policy.eval()  # as lerobot's from_pretrained leaves a policy: no random crops
+    torch.manual_seed(1)
+    expected = policy.sample(obs, 2)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loaded.sample(obs, 2), expected)
+
+
+def test_pa_rl_observations_map_onto_lerobot_keys() -> None:
+    from pa_rl.observations import TEXT_LENGTH, Field
+    from pa_rl.policies.lerobot import lerobot_names
+
+    spec = {"pixels": Field("image", (64, 64, 3)), "velocity": Field("vector", (2,)),
+            "goal": Field("vector", (2,)), "instruction": Field("text", (TEXT_LENGTH,))}
+    assert lerobot_names(spec) == {"pixels": "observation.images.pixels", "velocity": "observation.state",
+                                   "goal": "observation.state", "instruction": "task"}
+    assert lerobot_names({"observation/images/top": Field("image", (8, 8, 3)),
+                          "observation/state": Field("vector", (3,))}) == {
+        "observation/images/top": "observation.images.top", "observation/state": "observation.state"}
+    assert lerobot_names(7) == {"": "observation.state"}
