@@ -190,7 +190,8 @@ def test_a_lerobot_folder_loads_images_state_actions_episodes_and_instructions(f
     for loaded, written in zip(data.episodes, episodes, strict=True):  # next.reward, ended by next.done
         np.testing.assert_array_equal(loaded.rewards, written["reward"])
         np.testing.assert_array_equal(loaded.terminations, written["success"])
-        np.testing.assert_array_equal(loaded.truncations, ~written["success"] & (np.arange(len(loaded)) == len(loaded) - 1))
+        last = np.arange(len(loaded)) == len(loaded) - 1
+        np.testing.assert_array_equal(loaded.truncations, ~written["success"] & last)
     assert data.dataset_id == "lerobot/pusht" and data.episode_successes() is None
     assert data.fingerprint()["path"] == f"lerobot:{folder}"
 

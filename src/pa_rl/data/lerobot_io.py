@@ -355,9 +355,9 @@ def _reward_rule(source: LeRobotSource, frames: _Frames, episodes_meta: dict[str
     if source.success is None:
         column = source.reward or "next.reward"
         if column not in frames.columns:
-            hint = ("" if source.reward else " Name a reward column with lerobot:PATH,reward=COLUMN, or give a success "
-                    "rule: ,success=COLUMN (a per-frame or per-episode boolean) or ,success=all (every episode succeeds "
-                    "at its last step).")
+            hint = ("" if source.reward else " Name a reward column with lerobot:PATH,reward=COLUMN, or give a "
+                    "success rule: ,success=COLUMN (a per-frame or per-episode boolean) or ,success=all (every "
+                    "episode succeeds at its last step).")
             raise DataError(f"{where}: no reward column {column!r} in the data parquet (columns: "
                             f"{sorted(frames.columns)}).{hint}")
         done = "next.done" in frames.columns

@@ -176,7 +176,12 @@ class LeRobotPolicy(nn.Module):
         batch = _to(self.preprocessor(batch), device)
         self.policy.reset()  # no history between calls: each state is an episode's first observation
         actions = self.postprocessor(self.policy.predict_action_chunk(self._fill_queues(batch))).to(device)
-        actions = actions[:, : self.chunk] if actions.dim() == 3 else actions[:, None]
+        actions = actions if actions.dim() == 3 else actions[:, None]
+        if actions.shape[1] < self.chunk:
+            raise ValueError(f"the lerobot policy proposed chunks of {actions.shape[1]} actions, fewer than the "
+                             f"{self.chunk} asked for (check its config: lerobot's diffusion needs n_action_steps ≤ horizon − "
+                             "n_obs_steps + 1)")
+        actions = actions[:, : self.chunk]
         actions = actions.reshape(rows, num_samples, self.chunk, -1)
         return actions if self.chunk > 1 else actions[:, :, 0]
 
