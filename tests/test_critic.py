@@ -226,15 +226,30 @@ def test_cached_policy_samples_replace_sampling_in_updates() -> None:
     episodes = chain_episodes(50, np.random.default_rng(0))
     buffer = ReplayBuffer.from_episodes(episodes, gamma=0.9)
     CountingPolicy.states = 0
-    buffer.cache_policy_samples(agent.sample_policy, chunk=32)
-    assert buffer.policy_samples.shape == (100 + len(episodes), 6, 1)
-    # One draw per stored state: a transition's next state shares the draw of its own slot.
-    assert CountingPolicy.states == 100 + len(episodes)
-    batch = buffer.sample(16)
+    buffer.cache_policy_samples(agent.sample_policy)
+    assert CountingPolicy.states == 0  # drawn lazily: nothing before the first batch
+    batch = buffer.sample(16, torch.Generator().manual_seed(0))
     assert batch.policy_samples.shape == batch.next_policy_samples.shape == (16, 6, 1)
+    assert 0 < CountingPolicy.states <= 32 and CountingPolicy.calls == 1  # one batched draw for the new slots
     calls = CountingPolicy.calls
     agent.update(batch, distill=True)
     assert CountingPolicy.calls == calls  # no new draws: the cache served the update
+    # The cache, saved mid-way, continues a second buffer exactly as the first goes on.
+    saved, rng = buffer.policy_cache(), torch.get_rng_state()
+    generator = torch.Generator().manual_seed(1)
+    later = [buffer.sample(64, generator).next_policy_samples for _ in range(3)]
+    first_buffer_states = CountingPolicy.states
+    resumed = ReplayBuffer.from_episodes(episodes, gamma=0.9)
+    resumed.cache_policy_samples(agent.sample_policy)
+    resumed.load_policy_cache(saved)
+    torch.set_rng_state(rng)
+    generator = torch.Generator().manual_seed(1)
+    assert all(torch.equal(resumed.sample(64, generator).next_policy_samples, b) for b in later)
+    # Each slot is drawn once, however often it is sampled; a transition's next state shares its slot's draw.
+    CountingPolicy.states = first_buffer_states
+    for _ in range(100):
+        buffer.sample(64)
+    assert buffer._drawn.all() and CountingPolicy.states == 100 + len(episodes)
     # The samples handed out are those of the batch's states: mark each slot's draws with its index.
     marked = buffer.policy_samples
     buffer.policy_samples = torch.arange(len(marked), dtype=torch.float32)[:, None, None].expand_as(marked)

@@ -193,11 +193,6 @@ def batch_size(obs: Any) -> int:
     return len(obs)
 
 
-def split_obs(obs: Any, size: int) -> list[Any]:
-    """Consecutive blocks of at most ``size`` rows."""
-    return [map_obs(lambda t, s=start: t[s: s + size], obs) for start in range(0, batch_size(obs), size)]
-
-
 def to_tensor(obs: Any, spec: ObsSpec, device: torch.device | str) -> tuple[Obs, bool]:
     """Observations as the agent takes them: tensors on ``device`` (float32 vectors, uint8 images and
     text), with a batch axis; the flag says whether one unbatched observation was given."""

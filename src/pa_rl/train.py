@@ -232,7 +232,7 @@ class Trainer:
         self.online = ReplayBuffer(online_slots, agent.obs_spec, chunk_dim, agent.device, horizon, chunk)
         self.progress = Progress()
         self.summary: dict[str, Any] = {}
-        self.offline_rng: torch.Tensor | None = None  # global RNG when the offline sample cache was drawn
+        self.offline_cache: dict[str, torch.Tensor] | None = None  # a checkpoint's policy-sample cache, to restore
         checkpoint = self._load_checkpoint() if resume else None
         if checkpoint is None:  # a resume with nothing to resume from clears what the run had logged
             self.logger = MetricsLogger(run_dir, step=0 if resume else None)
@@ -256,7 +256,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "numpy": _numpy_state_to_tensors(np.random.get_state()), "python": random.getstate()},
-            "offline_rng": self.offline_rng,
+            "offline_cache": self.offline.policy_cache(),
             "online_buffer": self.online.state_dict(),
             "metrics_rows": self.logger.rows, "evaluations": self.logger.evaluations,
         }
@@ -299,7 +299,7 @@ class Trainer:
         self.online.load_state_dict(checkpoint["online_buffer"])
         self.progress = Progress(**checkpoint["progress"])
         self.summary = checkpoint["summary"]
-        self.offline_rng = checkpoint["offline_rng"]
+        self.offline_cache = checkpoint["offline_cache"]
         rng = checkpoint["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -392,14 +392,10 @@ class Trainer:
         cfg = self.config
         every = self.offline_policy_every
         if cfg.cache_policy_samples and every == 0 and len(self.online) == 0:
-            # Draw the cache from the RNG state of the phase's start, so a resumed run gets the same one.
-            now = torch.get_rng_state()
-            if self.offline_rng is None:
-                self.offline_rng = now
-            torch.set_rng_state(self.offline_rng)
-            self.offline.cache_policy_samples(self.agent.sample_policy, progress=cfg.progress)
-            if self.progress.step > 0:
-                torch.set_rng_state(now)
+            self.offline.cache_policy_samples(self.agent.sample_policy)
+            if self.offline_cache is not None:  # a resumed phase continues with the draws made before
+                self.offline.load_policy_cache(self.offline_cache)
+                self.offline_cache = None
         if self.progress.step == 0 and cfg.critic_return_fit_steps:
             # Not counted as updates: a kill here resumes from the phase's start and redoes them exactly.
             for _ in range(cfg.critic_return_fit_steps):
