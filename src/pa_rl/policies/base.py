@@ -69,6 +69,16 @@ class ActionScaler(nn.Module):
         return self.low + (unit_actions.clamp(-1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
 
 
+def to_bins(unit_actions: torch.Tensor, bins: int) -> torch.Tensor:
+    """Unit actions in [-1, 1] → indices of ``bins`` uniform bins (OpenVLA-style action tokens)."""
+    return ((unit_actions.clamp(-1, 1) + 1) / 2 * bins).long().clamp(0, bins - 1)
+
+
+def bin_centres(indices: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin indices → the unit actions at their centres: within half a bin of what was binned."""
+    return (indices.float() + 0.5) / bins * 2 - 1
+
+
 def repeat_obs(features: torch.Tensor, num_samples: int) -> torch.Tensor:
     """[B, F] → [B·N, F], sample-major within each state, so a reshape to [B, N, ...] undoes it.
     Repeat encoded features, not raw observations: the encoder then runs once per state."""

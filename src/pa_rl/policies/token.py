@@ -11,7 +11,7 @@ from torch import nn
 
 from pa_rl.encoders import EncoderConfig, make_encoder
 from pa_rl.observations import Obs, ObsSpec
-from pa_rl.policies.base import ActionScaler, repeat_obs
+from pa_rl.policies.base import ActionScaler, bin_centres, repeat_obs, to_bins
 from pa_rl.validation import require
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -86,11 +86,10 @@ class TokenPolicy(nn.Module):
         self.register_buffer("dim_offset", torch.arange(dims) * config.bins, persistent=False)
 
     def tokenize(self, actions: torch.Tensor) -> torch.Tensor:
-        unit = self.scaler.normalize(actions).clamp(-1, 1)
-        return ((unit + 1) / 2 * self.config.bins).long().clamp(0, self.config.bins - 1)
+        return to_bins(self.scaler.normalize(actions), self.config.bins)
 
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.scaler.unnormalize((tokens.float() + 0.5) / self.config.bins * 2 - 1)
+        return self.scaler.unnormalize(bin_centres(tokens, self.config.bins))
 
     def _embed(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Inputs for positions 0..L: the encoded observation, then the tokens of dimensions 0..L-1."""
