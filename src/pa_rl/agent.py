@@ -141,7 +141,8 @@ class Agent(nn.Module):
                                                 layer_norm=config.critic.layer_norm)).to(self.device)
             critic_params += list(self.value.parameters())
         self.critic_optim = torch.optim.Adam(critic_params, lr=config.critic_lr)
-        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=config.bc_lr)
+        # Trainable parameters only: a pretrained policy's frozen base has no optimizer state.
+        self.policy_optim = torch.optim.Adam([p for p in self.policy.parameters() if p.requires_grad], lr=config.bc_lr)
         if config.policy_improvement == "reparam":  # SAC's automatic entropy temperature, α = 1 at start
             self.log_alpha = nn.Parameter(torch.zeros((), device=self.device))
             self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.distill_lr)

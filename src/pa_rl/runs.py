@@ -24,10 +24,10 @@ from pa_rl.agent import Agent, AgentConfig
 from pa_rl.checkpoint import write_atomically
 from pa_rl.data import LoadedDataset, available_datasets, load_dataset, make_dataset
 from pa_rl.data.minari_io import datasets_root
-from pa_rl.policies import DiffusionConfig, FlowConfig, GaussianConfig, TokenConfig, make_policy
+from pa_rl.policies import DiffusionConfig, FlowConfig, GaussianConfig, HFConfig, TokenConfig, make_policy
 from pa_rl.train import RunError, TrainConfig, seed_everything, to_jsonable
 
-PolicyName = Literal["diffusion", "gaussian", "token", "flow"]
+PolicyName = Literal["diffusion", "gaussian", "token", "flow", "hf"]
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunConfig:
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
     token: TokenConfig = field(default_factory=TokenConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    hf: HFConfig = field(default_factory=HFConfig)  # a pretrained Hugging Face model (pip install 'pa-rl[hf]')
 
     def __post_init__(self) -> None:
         """A device this machine cannot use fails here, before any data set or model is built."""

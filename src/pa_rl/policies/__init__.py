@@ -12,6 +12,7 @@ from pa_rl.policies.base import ActionScaler, Policy
 from pa_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from pa_rl.policies.flow import FlowConfig, FlowPolicy
 from pa_rl.policies.gaussian import GaussianConfig, GaussianPolicy
+from pa_rl.policies.hf import HFConfig, HFPolicy
 from pa_rl.policies.token import TokenConfig, TokenPolicy
 
 POLICIES: dict[str, tuple[type[nn.Module], type]] = {
@@ -19,13 +20,15 @@ POLICIES: dict[str, tuple[type[nn.Module], type]] = {
     "gaussian": (GaussianPolicy, GaussianConfig),
     "token": (TokenPolicy, TokenConfig),
     "flow": (FlowPolicy, FlowConfig),
+    "hf": (HFPolicy, HFConfig),
 }
 
 
 def make_policy(name: str, obs_spec: ObsSpec, action_low: np.ndarray, action_high: np.ndarray,
                 config: Any | None = None, chunk: int = 1) -> nn.Module:
-    """Build a built-in policy by name (``diffusion``, ``gaussian``, ``token``, ``flow``) for observations
-    of ``obs_spec`` and the env's per-step action bounds; ``chunk`` H > 1 makes it model H-step chunks."""
+    """Build a built-in policy by name (``diffusion``, ``gaussian``, ``token``, ``flow``, ``hf``) for
+    observations of ``obs_spec`` and the env's per-step action bounds; ``chunk`` H > 1 makes it model
+    H-step chunks."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     cls, config_cls = POLICIES[name]
@@ -37,4 +40,5 @@ def make_policy(name: str, obs_spec: ObsSpec, action_low: np.ndarray, action_hig
 
 
 __all__ = ["ActionScaler", "Policy", "POLICIES", "make_policy", "DiffusionConfig", "DiffusionPolicy",
-           "FlowConfig", "FlowPolicy", "GaussianConfig", "GaussianPolicy", "TokenConfig", "TokenPolicy"]
+           "FlowConfig", "FlowPolicy", "GaussianConfig", "GaussianPolicy", "HFConfig", "HFPolicy", "TokenConfig",
+           "TokenPolicy"]
