@@ -138,6 +138,19 @@ def test_gradients_reach_the_adapters_and_the_state_projection_not_the_base(lm: 
     assert hf.model.get_input_embeddings().weight.grad is None
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_keeps_the_cache(lm: str) -> None:
+    obs, actions = torch.randn(4, 3), torch.rand(4, 2) * 2 - 1
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        hf = policy(lm, spec=3, gradient_checkpointing=checkpointing).train()
+        loss = hf.loss(obs, actions)
+        loss.backward()
+        grads.append((loss.detach(), hf.state_proj.weight.grad))
+        assert hf.sample(obs, 3).shape == (4, 3, 2)  # in training mode too: sampling still uses its KV cache
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
 def test_behaviour_cloning_loss_falls_on_a_small_task(lm: str) -> None:
     """Actions that depend on the state (a = −x): LoRA and the projection learn them."""
     hf = policy(lm, spec=2, bins=16)
