@@ -143,8 +143,11 @@ class HFPolicy(nn.Module):
                                    target_modules=(config.lora_target_modules[0] if config.lora_target_modules
                                                    == ("all-linear",) else list(config.lora_target_modules)))
             model = peft.get_peft_model(model, lora).get_base_model()  # the model, adapters injected, base frozen
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.gradient_checkpointing:  # non-reentrant: works with frozen inputs (no input grads needed)
+            if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.2x on
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
         self.new_cache = transformers.DynamicCache
         # transformers 5 renames the cache argument (past_key_values → cache).
