@@ -16,6 +16,8 @@ import torch
 from minari import DataCollector
 from minari.data_collector.episode_buffer import EpisodeBuffer
 
+from helpers import PixelPointGoal
+
 from pa_rl import Agent, AgentConfig, CriticConfig, OptimizerConfig, TrainConfig, train
 from pa_rl.cli import main
 from pa_rl.data import DataError, dataset_info, load_dataset, make_dataset
@@ -23,6 +25,7 @@ from pa_rl.data.episodes import check_observations
 from pa_rl.data.minari_io import untrusted_entry_points
 from pa_rl.data.pointmaze_pixels import BALL, INSTRUCTIONS, MazeRenderer
 from pa_rl.observations import TEXT_LENGTH, Field, decode_text, spec_of_space, stack_obs
+from pa_rl.train import adapt_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -405,3 +408,14 @@ def test_data_info_shows_the_keys(pixel_paths: tuple[str, str], capsys) -> None:
     assert "observation:\n" in out
     assert "pixels: image uint8 (64, 64, 3)" in out and "velocity: vector float32 (2,)" in out
     assert "instruction: text uint8 (64,), e.g. 'reach the goal at the top-left end of the U'" in out
+
+
+def test_an_env_whose_observations_differ_from_the_data_is_refused_before_it_steps() -> None:
+    spec = spec_of_space(PixelPointGoal().observation_space)
+    assert adapt_env(PixelPointGoal(), spec).reset(seed=0)[0]["pixels"].shape == (12, 12, 3)
+    with_velocity = {**spec, "velocity": Field("vector", (2,))}
+    with pytest.raises(DataError, match="velocity.*use data recorded in this env"):
+        adapt_env(PixelPointGoal(), with_velocity)
+    bigger = {**spec, "pixels": Field("image", (24, 24, 3))}
+    with pytest.raises(DataError, match=r"\(24, 24, 3\)"):
+        adapt_env(PixelPointGoal(), bigger)

@@ -24,7 +24,7 @@ from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episo
 from pa_rl.diagnostics import CriticDiagnostic, split_held_out
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
-from pa_rl.observations import ObsSpec, SpecObservation, space_of_spec
+from pa_rl.observations import ObsSpec, SpecObservation, space_of_spec, spec_of_space
 from pa_rl.progress import progress_bar
 from pa_rl.validation import require
 
@@ -137,8 +137,17 @@ def transform_rewards(episodes: Sequence[Episode], scale: float, bias: float) ->
 
 
 def adapt_env(env: gym.Env, obs_spec: ObsSpec) -> gym.Env:
-    """An env with raw mapping observations (Dict, Text, images) wrapped to give them in the agent's form."""
+    """An env with raw mapping observations (Dict, Text, images) wrapped to give them in the agent's form;
+    refused at once when its observations have other keys or shapes than the data's (not at the first step)."""
     if isinstance(obs_spec, dict) and env.observation_space != space_of_spec(obs_spec):
+        try:
+            raw = spec_of_space(env.observation_space)
+        except ValueError as error:
+            raise DataError(f"the environment's observations cannot be used: {error}") from error
+        if raw != obs_spec:
+            describe = lambda spec: spec if isinstance(spec, int) else {k: (f.kind, f.shape) for k, f in spec.items()}  # noqa: E731
+            raise DataError(f"the environment's observations {describe(raw)} do not match the data's "
+                            f"{describe(obs_spec)}; use data recorded in this env")
         return SpecObservation(env, obs_spec)
     return env
 
