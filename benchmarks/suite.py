@@ -152,6 +152,12 @@ METHODS: dict[str, Method] = {
     "parl-diffusion-local": Method("diffusion", "pa_rl", _ablation(top_k_all=True),
                                    "ablation: local only (no top-k filter, k = N)"),
     "parl-diffusion-chunk4": Method("diffusion", "pa_rl", _chunk(4), "PA-RL diffusion in action chunks of 4"),
+    "parl-diffusion-nstep10": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), n_step=10),
+                                     "stability: PA-RL diffusion with 10-step backups"),
+    "parl-diffusion-alpha1": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), cql_alpha=1.0),
+                                    "stability: PA-RL diffusion with conservative weight 1"),
+    "parl-diffusion-min": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), objective="min"),
+                                 "stability: PA-RL diffusion, π̂ ranks by the ensemble's min (pessimistic)"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
        for n in (4, 16, 32)},
 }
@@ -161,10 +167,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
              "parl-gaussian", "parl-token"),
     "ablations": ("parl-diffusion", "parl-diffusion-global", "parl-diffusion-local",
                   "parl-diffusion-n4", "parl-diffusion-n16", "parl-diffusion-n32"),
+    # Candidate fixes for online collapse, run on umaze seeds by hand (BENCHMARKS.md, stability); not in --full.
+    "stability": tuple(m for m in METHODS if METHODS[m].summary.startswith("stability:")),
     "all": tuple(METHODS),
 }
 # The whole suite (``--full``): the main comparison on every state task; the other policy classes, their
-# BC and the ablations on one task; PA-RL diffusion with and without chunks from pixels.
+# BC and the ablations on one task; PA-RL diffusion with and without chunks from pixels (not the stability group).
 FULL_SUITE: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (STATE_TASKS, GROUPS["main"]),
     (PIXEL_TASKS, ("parl-diffusion", "parl-diffusion-chunk4")),
