@@ -150,7 +150,7 @@ def stability_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str]
     """Does online fine-tuning keep what the offline phase reached? Per run: the best offline
     evaluation of its score mode, the end of its online phase, and the drop between them."""
     rows = ["| task | method | seed | best offline | end of online | drop (points) |", "|---|---|---:|---:|---:|---:|"]
-    drops = []
+    drops: dict[tuple[str, str], list[float]] = {}
     for task in tasks:
         for method in methods:
             for r in sorted(cells.get((task, method), []), key=lambda r: r["seed"]):
@@ -159,14 +159,14 @@ def stability_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str]
                 if r["online_score"] is None or not offline:
                     continue
                 drop = max(offline) - r["online_score"]
-                drops.append(drop)
+                drops.setdefault((task, method), []).append(drop)
                 rows.append(f"| {task} | {method} | {r['seed']} | {100 * max(offline):.0f} % "
                             f"| {100 * r['online_score']:.0f} % | {100 * drop:.0f} |")
     if not drops:
         return "(no run with both phases in these results)"
-    worse = sum(d > tolerance + 1e-9 for d in drops)
-    return "\n".join(rows) + (f"\n\n{worse} of {len(drops)} runs end online more than {100 * tolerance:.0f} points "
-                              "below their best offline score.")
+    counts = [f"- {task}, {method}: {sum(d > tolerance + 1e-9 for d in cell)} of {len(cell)} runs end online more "
+              f"than {100 * tolerance:.0f} points below their best offline score" for (task, method), cell in drops.items()]
+    return "\n".join(rows) + "\n\n" + "\n".join(counts)
 
 
 def modes_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:

@@ -158,6 +158,8 @@ METHODS: dict[str, Method] = {
                                     "stability: PA-RL diffusion with conservative weight 1"),
     "parl-diffusion-min": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), objective="min"),
                                  "stability: PA-RL diffusion, π̂ ranks by the ensemble's min (pessimistic)"),
+    "parl-diffusion-gate": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), agreement_gate=True),
+                                  "stability: PA-RL diffusion, π̂'s argmax only where the critic members agree"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
        for n in (4, 16, 32)},
 }

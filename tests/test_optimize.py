@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,27 @@ def test_optimizing_in_blocks_of_states_gives_the_same_candidates() -> None:
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="chunk_states"):
         OptimizerConfig(chunk_states=0)
+
+
+class SplitCritic(QuadraticCritic):
+    """Two members that agree on the best action for states with obs[0] > 0 and disagree elsewhere."""
+
+    def q(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        near = -((actions - self.best) ** 2).sum(-1)
+        agree = (features[:, :1] > 0).expand_as(near)
+        return torch.stack([near, torch.where(agree, near, -near)])
+
+
+@pytest.mark.parametrize("local_steps", [0, 2])
+def test_agreement_gate_acts_with_the_base_sample_where_members_disagree(local_steps: int) -> None:
+    critic = SplitCritic([0.3, -0.2])
+    obs = torch.cat([torch.ones(32, 3), -torch.ones(32, 3)])
+    samples = torch.rand(64, 8, 2) * 2 - 1
+    config = OptimizerConfig(num_samples=8, top_k=4, local_steps=local_steps, step_size=0.05, chunk_states=16)
+    gated = ActionOptimizer(dataclasses.replace(config, agreement_gate=True), LOW, HIGH)(
+        UniformPolicy(), critic, obs, samples=samples)
+    plain = ActionOptimizer(config, LOW, HIGH)(UniformPolicy(), critic, obs, samples=samples)
+    assert not gated.undecided[:32].any() and gated.undecided[32:].all()
+    assert torch.equal(gated.choose("argmax")[:32], plain.choose("argmax")[:32])  # agreed: π̂'s own pick
+    assert torch.equal(gated.choose("argmax")[32:], samples[32:, 0])  # undecided: the policy's first draw
+    assert plain.undecided is None and torch.equal(gated.actions, plain.actions)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -235,7 +236,8 @@ class Agent(nn.Module):
         if batch.policy_samples is not None and batch.next_policy_samples is not None:
             cached = torch.cat([batch.policy_samples, batch.next_policy_samples])
         both = self.optimize_actions(cat_obs([batch.obs, batch.next_obs]), cached)
-        current = Candidates(both.actions[:size], both.values[:size], both.initial_values[:size])
+        current = Candidates(both.actions[:size], both.values[:size], both.initial_values[:size],
+                             *(None if x is None else x[:size] for x in (both.base, both.undecided)))
         next_actions = both.actions[size:]
         with torch.no_grad():
             best_next = next_actions[torch.arange(size, device=self.device), both.values[size:].argmax(-1)]
@@ -262,6 +264,8 @@ class Agent(nn.Module):
             "critic/q_spread": current.values.std(-1).mean() if current.values.shape[-1] > 1 else target.new_zeros(()),
             "critic/local_gain": (both.values - both.initial_values).mean(),
         }
+        if current.undecided is not None:  # how often the members disagree on π̂'s pick (agreement gate)
+            metrics["critic/undecided"] = current.undecided.float().mean()
         # The data actions' values as π̂ sees them, for distillation (no second encoder pass over s).
         data_values = self.action_optimizer.reduce(q_data).detach()
         return {name: value.detach() for name, value in metrics.items()}, (current, data_values)
@@ -364,3 +368,25 @@ class Agent(nn.Module):
         loss = self._policy_step(lambda: -(weights * self.policy.log_prob(batch.obs, self.shaped(batch.actions))).mean(),
                                  cfg.distill_lr)
         return {"actor/loss": loss, "actor/advantage": advantage.mean(), "actor/weight": weights.mean()}
+
+    # ---- saving, loading, publishing (pa_rl.pretrained) ---------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write this agent to a folder that :meth:`from_pretrained` rebuilds it from (config.json
+        with the policy class and configs, observation spec and bounds; model.safetensors)."""
+        from pa_rl.pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, device: str = "cpu", base_model: str | None = None) -> Agent:
+        """An agent from a :meth:`save_pretrained` folder, a finished run's folder (final weights), or a
+        Hugging Face Hub id; ``base_model`` moves an hf policy's adapters onto a copy of its base."""
+        from pa_rl.pretrained import load_pretrained
+
+        return load_pretrained(source, device, base_model)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
+        """Upload :meth:`save_pretrained`'s folder to a Hub model repository (``pip install 'pa-rl[hf]'``)."""
+        from pa_rl.pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, private, token)

@@ -32,6 +32,10 @@ class OptimizerConfig:
     local_steps: int = 10
     step_size: float = 3e-4
     objective: Literal["mean", "min"] = "mean"
+    # π̂'s argmax only where every critic member ranks the same candidate first; elsewhere the base
+    # policy's own (first) sample. A critic that cannot yet tell the candidates apart then leaves the
+    # policy's behaviour as it is instead of acting on its errors (BENCHMARKS.md, stability).
+    agreement_gate: bool = False
     # States optimized per block: small blocks keep the critic's [E, states·k, width] activations in
     # cache (2.6× faster default updates measured on this CPU); None = all at once.
     chunk_states: int | None = 64
@@ -52,12 +56,17 @@ class Candidates:
     actions: torch.Tensor  # [B, k, A]
     values: torch.Tensor  # [B, k], best value seen during the local steps
     initial_values: torch.Tensor  # [B, k], before the local steps (for diagnostics)
+    # With the agreement gate: the base policy's own sample [B, A] and where the members disagree [B].
+    base: torch.Tensor | None = None
+    undecided: torch.Tensor | None = None
 
     def choose(self, mode: ChooseMode = "argmax", temperature: float = 1.0) -> torch.Tensor:
-        """One action per state: the best, a softmax(Q / temperature) draw, or a uniform draw."""
+        """One action per state: the best (the base sample where a gate finds the critic undecided), a
+        softmax(Q / temperature) draw, or a uniform draw."""
         if mode == "argmax":
-            index = self.values.argmax(-1)
-        elif mode == "softmax":
+            best = self.actions[torch.arange(len(self.values), device=self.values.device), self.values.argmax(-1)]
+            return best if self.undecided is None else torch.where(self.undecided[:, None], self.base, best)
+        if mode == "softmax":
             index = torch.multinomial((self.values / temperature).softmax(-1), 1).squeeze(-1)
         elif mode == "uniform":
             index = torch.randint(0, self.values.shape[-1], self.values.shape[:1], device=self.values.device)
@@ -70,7 +79,7 @@ class Candidates:
         worst = self.values.argmin(-1, keepdim=True)
         new_actions = self.actions.scatter(1, worst[..., None].expand(-1, -1, actions.shape[-1]), actions[:, None])
         new_values = self.values.scatter(1, worst, values[:, None])
-        return Candidates(new_actions, new_values, self.initial_values)
+        return Candidates(new_actions, new_values, self.initial_values)  # the gate judged the old set
 
 
 @contextlib.contextmanager
@@ -137,38 +146,45 @@ class ActionOptimizer:
         if len(features) <= chunk:
             return self._optimize(critic, features, samples)
         parts = [self._optimize(critic, f, a) for f, a in zip(features.split(chunk), samples.split(chunk))]
-        return Candidates(*(torch.cat(column) for column in zip(*((p.actions, p.values, p.initial_values)
-                                                                   for p in parts))))
+        return Candidates(*(None if column[0] is None else torch.cat(column) for column in zip(
+            *((p.actions, p.values, p.initial_values, p.base, p.undecided) for p in parts))))
 
     def _optimize(self, critic: QEnsemble, features: torch.Tensor, samples: torch.Tensor) -> Candidates:
         """Global then local optimization of given samples at encoded states; states are independent."""
         cfg = self.config
         low, high = self.low.to(samples.device), self.high.to(samples.device)
         samples = torch.maximum(torch.minimum(samples, high), low)
-        score = lambda actions: self.reduce(critic.q(features, actions))  # noqa: E731
+        base = samples[:, 0]  # the policy's own first draw, before any selection
         with torch.no_grad():
-            values = score(samples)  # [B, N]
+            members = critic.q(features, samples)  # [E, B, N]
+            values = self.reduce(members)
             if cfg.top_k < samples.shape[1]:
                 values, index = values.topk(cfg.top_k, dim=-1)
                 samples = samples.gather(1, index[..., None].expand(-1, -1, samples.shape[-1]))
-        best_actions, best_values, initial = samples, values, values
+                members = members.gather(2, index.expand(len(members), -1, -1))
+        best_actions, best_values, best_members, initial = samples, values, members, values
 
-        def keep_best(actions: torch.Tensor, values: torch.Tensor) -> None:
-            nonlocal best_actions, best_values
+        def keep_best(actions: torch.Tensor, members: torch.Tensor) -> None:
+            nonlocal best_actions, best_values, best_members
+            values = self.reduce(members)
             better = values > best_values
             best_values = torch.where(better, values, best_values).detach()
+            best_members = torch.where(better, members, best_members).detach()
             best_actions = torch.where(better[..., None], actions, best_actions).detach()
 
         actions = samples
         for step in range(cfg.local_steps):
             actions = actions.detach().requires_grad_(True)
             with torch.enable_grad():
-                values = score(actions)
-                (grad,) = torch.autograd.grad(values.sum(), actions)
+                members = critic.q(features, actions)
+                (grad,) = torch.autograd.grad(self.reduce(members).sum(), actions)
             if step > 0:  # step 0 re-evaluates the top-k themselves
-                keep_best(actions, values)
+                keep_best(actions, members)
             actions = torch.maximum(torch.minimum(actions.detach() + cfg.step_size * grad, high), low)
         if cfg.local_steps > 0:
             with torch.no_grad():
-                keep_best(actions, score(actions))
-        return Candidates(best_actions.detach(), best_values.detach(), initial)
+                keep_best(actions, critic.q(features, actions))
+        if not cfg.agreement_gate:
+            return Candidates(best_actions.detach(), best_values.detach(), initial)
+        undecided = (best_members.argmax(-1) != best_values.argmax(-1)).any(0)
+        return Candidates(best_actions.detach(), best_values.detach(), initial, base, undecided)
