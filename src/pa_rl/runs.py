@@ -221,6 +221,20 @@ def run_dataset(run_dir: Path, trust_env: Sequence[str] = ()) -> LoadedDataset:
     return data
 
 
+def load_run(run_dir: Path, device: str | None = None, trust_env: Sequence[str] = ()
+             ) -> tuple[RunConfig, LoadedDataset, Agent]:
+    """A finished run's config, data set and agent with its final weights (what ``pa-rl eval`` and
+    ``pa-rl export`` act with); ``device`` replaces the recorded one."""
+    config = read_config(run_dir, device)
+    weights = Path(run_dir) / "checkpoints" / "final.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{run_dir} has no final weights ({weights}): the run did not finish")
+    data = resolve_dataset(config, trust_env)
+    agent = build_agent(config, data)
+    load_weights(agent, weights)
+    return config, data, agent
+
+
 def read_config(run_dir: Path, device: str | None = None) -> RunConfig:
     """The run's config; ``device`` replaces the recorded one before it is checked, so a run trained
     on CUDA can be evaluated on a machine without it."""
