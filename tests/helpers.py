@@ -19,6 +19,12 @@ SMALL_POLICY_CONFIGS = {
     "token": TokenConfig(width=32, layers=2, heads=2, bins=32, dropout=0.0),
 }
 
+# `pa-rl train` options for a run of seconds (pointmaze-umaze made with --size 3000).
+TINY_TRAIN = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "100",
+              "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-env-steps", "0",
+              "--train.batch-size", "32", "--train.max-episode-steps", "60", "--train.no-progress",
+              "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
+
 
 class GridPolicy(nn.Module):
     """What a user might write: a softmax over a fixed grid of joint actions. It knows nothing of pa_rl."""

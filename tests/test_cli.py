@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN as TINY
 
 from pa_rl.cli import main
 from pa_rl.runs import lock_run
 
-TINY = ["--train.bc-steps", "20", "--train.offline-steps", "20", "--train.online-env-steps", "100",
-        "--train.eval-episodes", "2", "--train.eval-every", "1000", "--train.warmup-env-steps", "0",
-        "--train.batch-size", "32", "--train.max-episode-steps", "60", "--train.no-progress",
-        "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
 
 
 @pytest.fixture()

@@ -24,6 +24,7 @@ commands:
   pa-rl train [--preset cpu|paper] [OPTIONS]   BC → offline PA-RL → online fine-tuning
   pa-rl train --resume RUN            continue a killed run from its newest checkpoint
   pa-rl eval RUN [--video FILE]       evaluate a saved run
+  pa-rl export RUN --out DIR          π̂ (sampling, re-ranking, local steps) as one torch.export program
   pa-rl plot RUN... [--out FILE]      overlay learning curves of runs
 """
 
@@ -158,15 +159,9 @@ def _eval(argv: Sequence[str]) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     from pa_rl.evaluation import evaluate, record_video
-    from pa_rl.runs import RunError, build_agent, load_weights, read_config, resolve_dataset
+    from pa_rl.runs import load_run
 
-    config = read_config(args.run, args.device)
-    weights = args.run / "checkpoints" / "final.safetensors"
-    if not weights.is_file():
-        raise RunError(f"{args.run} has no final weights ({weights}): the run did not finish")
-    data = resolve_dataset(config, args.trust_env)
-    agent = build_agent(config, data)
-    load_weights(agent, weights)
+    config, data, agent = load_run(args.run, args.device, args.trust_env)
     act = lambda obs: agent.act(obs, args.mode).cpu().numpy()  # noqa: E731
     envs = [data.make_env(eval_env=True) for _ in range(min(args.episodes, 20))]
     seeds = [20_000 + args.seed * 1_000 + i for i in range(args.episodes)]
@@ -176,6 +171,33 @@ def _eval(argv: Sequence[str]) -> None:
         env = data.make_env(eval_env=True, render_mode="rgb_array")
         path = record_video(env, act, seeds[: args.video_episodes], args.video, config.train.max_episode_steps)
         print(f"wrote {path}")
+
+
+def _export(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="pa-rl export", description=(
+        "Write a run's PA-RL policy π̂ (N base-policy samples, top-k by the critic, the local gradient steps, "
+        "argmax) as one torch.export program, DIR/policy.pt2, that plain torch loads and calls on one "
+        "observation; DIR/export.json describes its input and output. Prints its latency on the device."))
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write policy.pt2 and export.json to")
+    parser.add_argument("--device", default=None, help="trace and time on this device instead of the run's")
+    parser.add_argument("--calls", type=int, default=50, help="timed calls behind the median latency")
+    add_trust_env(parser)
+    args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error("--calls must be ≥ 1")
+
+    from pa_rl.export import export_agent
+    from pa_rl.runs import load_run
+
+    config, _, agent = load_run(args.run, args.device, args.trust_env)
+    opt = config.agent.optimizer
+    exported = export_agent(agent, args.out, args.calls, source=str(args.run))
+    steps = f"{opt.local_steps} local step{'s' * (opt.local_steps != 1)}"
+    print(f"wrote {exported.path} ({exported.path.stat().st_size / 2 ** 20:.1f} MiB): {config.policy} policy, "
+          f"N={opt.num_samples} samples, top-{opt.top_k}, {steps}, argmax")
+    print(f"batch-1 latency on {agent.device}: {exported.latency_ms:.2f} ms (median of {exported.calls} calls "
+          "after 10 warm-up calls)")
 
 
 def _plot(argv: Sequence[str]) -> None:
@@ -188,7 +210,7 @@ def _plot(argv: Sequence[str]) -> None:
     print(f"wrote {plot_runs(args.runs, args.out)}")
 
 
-COMMANDS = {"data": _data, "train": _train, "eval": _eval, "plot": _plot}
+COMMANDS = {"data": _data, "train": _train, "eval": _eval, "export": _export, "plot": _plot}
 
 
 class _StderrHandler(logging.StreamHandler):
