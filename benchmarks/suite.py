@@ -158,6 +158,11 @@ METHODS: dict[str, Method] = {
                                     "stability: PA-RL diffusion with conservative weight 1"),
     "parl-diffusion-min": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), objective="min"),
                                  "stability: PA-RL diffusion, π̂ ranks by the ensemble's min (pessimistic)"),
+    "parl-diffusion-collect-softmax": Method(
+        "diffusion", "pa_rl", lambda c: _train(_parl(c), collect_mode="softmax"),
+        "stability: PA-RL diffusion collecting online with a softmax(Q) draw among π̂'s candidates"),
+    "parl-diffusion-mix90": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), mixing_ratio=0.9),
+                                   "stability: PA-RL diffusion with 10 % of online batches from online data"),
     "parl-diffusion-gate": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), agreement_gate=True),
                                   "stability: PA-RL diffusion, π̂'s argmax only where the critic members agree"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
