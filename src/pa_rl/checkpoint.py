@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-FORMAT = 1
+FORMAT = 2  # 2 (0.5.0): the offline policy-sample cache replaces its RNG state; hf policies save adapters only
 MAGIC = b"pa-rl-checkpoint"
 NAME = re.compile(r"^ckpt-(\d{6})\.pt$")
 log = logging.getLogger("pa_rl")
