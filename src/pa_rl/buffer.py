@@ -149,13 +149,13 @@ class ReplayBuffer:
             self._valid_index = self.storage["valid"][: self.size].nonzero().squeeze(1)
         return self._valid_index
 
-    def add_episode(self, episode: Episode, gamma: float, floor_reward: float) -> None:
-        """Append one episode's T + 1 slots (the oldest are overwritten once full)."""
+    def add_episode(self, episode: Episode, gamma: float, floor_reward: float) -> torch.Tensor:
+        """Append one episode's T + 1 slots (the oldest are overwritten once full); returns the slots written."""
         if self._draw is not None:
             raise RuntimeError("drop_policy_samples() before adding data: the cached samples would be misaligned")
         steps = len(episode)
         if steps == 0:
-            return
+            return torch.zeros(0, dtype=torch.long, device=self.device)
         mc = monte_carlo_returns(episode.rewards, gamma, bool(episode.terminations[-1]), floor_reward)
         targets = n_step_targets(episode, gamma, self.horizon)
         pad = lambda column: np.concatenate([np.asarray(column, np.float32), np.zeros((1, *np.shape(column)[1:]),  # noqa: E731
@@ -179,6 +179,7 @@ class ReplayBuffer:
         self.position = (self.position + slots) % self.capacity
         self.size = min(self.size + slots, self.capacity)
         self._valid_index = None
+        return index
 
     def state_dict(self) -> dict[str, object]:
         """The filled part only (a fresh 1M buffer checkpoints as nothing): copies, since torch.save
@@ -200,11 +201,22 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """Transitions drawn uniformly (with replacement)."""
+        return self.batch_at(self.draw_index(batch_size, generator))
+
+    def draw_index(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The slots of ``batch_size`` transitions drawn uniformly (with replacement), for :meth:`batch_at`."""
         valid = self.valid_index
         if len(valid) == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        index = valid[torch.randint(0, len(valid), (batch_size,), generator=generator).to(self.device)]
-        next_index = (index + self.storage["offsets"][index]) % self.capacity
+        return valid[torch.randint(0, len(valid), (batch_size,), generator=generator).to(self.device)]
+
+    def next_index(self, index: torch.Tensor) -> torch.Tensor:
+        """The slots of the states the transitions at ``index`` bootstrap from."""
+        return (index + self.storage["offsets"][index]) % self.capacity
+
+    def batch_at(self, index: torch.Tensor) -> Batch:
+        """The transitions at slots ``index`` (with the frozen policy's draws when caching them)."""
+        next_index = self.next_index(index)
         columns = {name: self.storage[name][index] for name in ("actions", *self.SCALARS)}
         cached = {}
         if self._draw is not None:
@@ -278,6 +290,12 @@ class ReplayBuffer:
         for episode in episodes:
             buffer.add_episode(episode, gamma, floor)
         return buffer
+
+
+def batch_of(parts: Sequence[tuple[ReplayBuffer, torch.Tensor]]) -> Batch:
+    """One batch of the transitions at each buffer's slots, in order (parts without slots left out)."""
+    batches = [buffer.batch_at(index) for buffer, index in parts if len(index)]
+    return batches[0] if len(batches) == 1 else Batch.cat(batches)
 
 
 def _fields(spec: ObsSpec) -> Field | dict[str, Field]:
