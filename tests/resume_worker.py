@@ -7,11 +7,14 @@
 starts) or ``env_step`` (an online env step, mid-episode). A real SIGKILL at an exact point, so
 the tests can aim at each phase. Without it the run ends and writes ``RUN_DIR/final.safetensors``.
 ``--pixels``: PointGoal seen through a camera with an instruction, in action chunks of 2.
+``--async-sampler``: policy samples from the async sampler's worker, offline distillation every 2 updates; shorter
+(10 BC updates, 60 online env steps, no critic ranking diagnostic).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import signal
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-at", default=None)
     parser.add_argument("--pixels", action="store_true")
+    parser.add_argument("--async-sampler", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     episodes = pixel_episodes(20, seed=1) if args.pixels else collect_episodes(20, seed=1)
@@ -86,7 +90,9 @@ def main() -> None:
         kill_at(owner, "add" if where == "env_step" else where, int(calls))
     agent = make_agent(args.pixels)
     make_env = PixelPointGoal if args.pixels else lambda: gym.make("pa_rl/PointGoal-v0")
-    result = training.train(agent, episodes, make_env, CONFIG, args.run_dir, resume=args.resume)
+    config = (dataclasses.replace(CONFIG, sampler="async", offline_distill_every=2, bc_steps=10, online_env_steps=60,
+                                  diagnostic_pairs=0) if args.async_sampler else CONFIG)
+    result = training.train(agent, episodes, make_env, config, args.run_dir, resume=args.resume)
     save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, str(args.run_dir / "final.safetensors"))
     print(result.summary["online"])
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pa_rl.agent import ActMode, Agent
-from pa_rl.buffer import Batch, ReplayBuffer, check_buffer_fits
+from pa_rl.buffer import Batch, ReplayBuffer, batch_of, check_buffer_fits
 from pa_rl.checkpoint import CheckpointError, CheckpointStore, write_atomically
 from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
 from pa_rl.diagnostics import CriticDiagnostic, split_held_out
@@ -26,6 +27,7 @@ from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
 from pa_rl.observations import ObsSpec, SpecObservation, space_of_spec, spec_of_space
 from pa_rl.progress import progress_bar
+from pa_rl.samplers import AsyncSampler
 from pa_rl.validation import require
 
 log = logging.getLogger("pa_rl")
@@ -55,6 +57,11 @@ class TrainConfig:
     # Cal-QL's and IQL's actors train).
     offline_distill_every: int = 0
     cache_policy_samples: bool = True  # while the policy is frozen offline, draw its samples once
+    # Where the policy's samples come from while it changes (offline distillation, online): "sync" draws
+    # them in each update; "async" draws them ahead in a worker process (pa_rl.samplers: faster for an
+    # expensive policy, samples up to sampler_max_staleness distillation blocks old, not bit-exact).
+    sampler: Literal["sync", "async"] = "sync"
+    sampler_max_staleness: int = 1
     online_critic_utd: float = 1.0  # critic updates per new env step
     online_distill_utd: float = 1.0  # distillation updates per new env step
     online_distill_start: int = 0  # online env steps of critic-only updates before distillation resumes
@@ -89,7 +96,9 @@ class TrainConfig:
                 "online_eval_every", "online_buffer_size", "checkpoint_every", "keep_checkpoints", at_least=1)
         require(self, "bc_steps", "offline_steps", "online_env_steps", "offline_distill_every", "warmup_env_steps",
                 "critic_return_fit_steps", "online_distill_start", "diagnostic_pairs", "online_critic_utd",
-                "online_distill_utd", at_least=0)
+                "online_distill_utd", "sampler_max_staleness", at_least=0)
+        if self.sampler not in ("sync", "async"):
+            raise ValueError(f"sampler must be 'sync' or 'async', got {self.sampler!r}")
         if 0 < self.online_env_steps <= self.warmup_env_steps:
             raise ValueError(f"warmup_env_steps ({self.warmup_env_steps}) must be below online_env_steps "
                              f"({self.online_env_steps}): no online update would ever run")
@@ -173,9 +182,14 @@ def check_env(env: gym.Env, obs_spec: ObsSpec, action_low: np.ndarray, action_hi
 
 
 def configs_of(agent: Agent, config: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint must have been trained with to be resumed by this agent and config."""
+    """What a checkpoint must have been trained with to be resumed by this agent and config. Not the
+    sampler: it decides how samples are computed, not which run this is (and leaving it out keeps
+    checkpoints written before it existed resumable)."""
     policy_config = getattr(agent.policy, "config", None)
-    return {"agent": to_jsonable(agent.config), "train": to_jsonable(dataclasses.replace(config, progress=True)),
+    train = to_jsonable(dataclasses.replace(config, progress=True))
+    for name in ("sampler", "sampler_max_staleness"):
+        train.pop(name)
+    return {"agent": to_jsonable(agent.config), "train": train,
             "policy": {"class": type(agent.policy).__name__, "config": to_jsonable(policy_config)}}
 
 
@@ -242,6 +256,7 @@ class Trainer:
         self.progress = Progress()
         self.summary: dict[str, Any] = {}
         self.offline_cache: dict[str, torch.Tensor] | None = None  # a checkpoint's policy-sample cache, to restore
+        self.sampler: AsyncSampler | None = None  # --train.sampler async, during a phase that uses it
         checkpoint = self._load_checkpoint() if resume else None
         if checkpoint is None:  # a resume with nothing to resume from clears what the run had logged
             self.logger = MetricsLogger(run_dir, step=0 if resume else None)
@@ -340,13 +355,34 @@ class Trainer:
     def collect_mode(self) -> ActMode:
         return self.config.collect_mode or ("argmax" if self.pa_rl else "policy")
 
-    def _batch(self) -> Batch:
+    def _batch_index(self) -> list[tuple[ReplayBuffer, torch.Tensor]]:
+        """The next batch's slots: offline data only, or online the two buffers at the mixing ratio."""
         size = self.config.batch_size
         if len(self.online) == 0:
-            return self.offline.sample(size, self.generator)
+            return [(self.offline, self.offline.draw_index(size, self.generator))]
         n_offline = round(size * self.config.mixing_ratio)
-        parts = [self.offline.sample(n_offline, self.generator), self.online.sample(size - n_offline, self.generator)]
-        return Batch.cat([p for p in parts if len(p)])
+        return [(self.offline, self.offline.draw_index(n_offline, self.generator)),
+                (self.online, self.online.draw_index(size - n_offline, self.generator))]
+
+    def _batch(self) -> Batch:
+        return batch_of(self._batch_index()) if self.sampler is None else self.sampler.batch()
+
+    @contextlib.contextmanager
+    def _sampling(self) -> Iterator[None]:
+        """The async sampler for a phase whose policy changes (none with ``sampler sync``, nor when no
+        update draws policy samples: IQL with a baseline actor); its worker ends with the phase, however
+        the phase ends."""
+        agent = self.agent
+        if self.config.sampler == "sync" or (agent.config.objective == "iql" and not self.pa_rl):
+            yield
+            return
+        with AsyncSampler(agent.policy, agent.config.optimizer.num_samples, agent.action_shape,
+                          [self.offline, self.online], self.config.sampler_max_staleness, agent.device) as sampler:
+            self.sampler = sampler
+            try:
+                yield
+            finally:
+                self.sampler = None
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return progress_bar(total, desc, self.config.progress, self.progress.step, dynamic_ncols=True, leave=False)
@@ -400,7 +436,8 @@ class Trainer:
     def offline_rl(self) -> None:
         cfg = self.config
         every = self.offline_policy_every
-        if cfg.cache_policy_samples and every == 0 and len(self.online) == 0:
+        frozen_cache = cfg.cache_policy_samples and every == 0 and len(self.online) == 0
+        if frozen_cache:
             self.offline.cache_policy_samples(self.agent.sample_policy)
             if self.offline_cache is not None:  # a resumed phase continues with the draws made before
                 self.offline.load_policy_cache(self.offline_cache)
@@ -411,11 +448,17 @@ class Trainer:
                 metrics = self.agent.fit_returns(self.offline.sample(cfg.batch_size, self.generator))
             self.agent.sync_target()
             self.logger.log("offline", self.progress.updates, self.progress.env_steps, metrics)
+        sampling = contextlib.nullcontext() if frozen_cache else self._sampling()  # the exact cache needs none
         try:
-            with self._bar(cfg.offline_steps, "offline") as bar:
+            with sampling, self._bar(cfg.offline_steps, "offline") as bar:
+                if self.sampler is not None:
+                    self.sampler.begin(self._batch_index, cfg.offline_steps - self.progress.step)
                 while self.progress.step < cfg.offline_steps:
                     distill = every > 0 and (self.progress.step + 1) % every == 0
-                    self._step_done("offline", self.agent.update(self._batch(), distill=distill), bar)
+                    metrics = self.agent.update(self._batch(), distill=distill)
+                    if distill and self.sampler is not None:
+                        self.sampler.publish()
+                    self._step_done("offline", metrics, bar)
         finally:
             self.offline.drop_policy_samples()
 
@@ -426,7 +469,7 @@ class Trainer:
         try:
             check_env(env, self.agent.obs_spec, self.agent.action_low.cpu().numpy(),
                       self.agent.action_high.cpu().numpy())
-            with self._bar(cfg.online_env_steps, "online") as bar:
+            with self._sampling(), self._bar(cfg.online_env_steps, "online") as bar:
                 while self.progress.step < cfg.online_env_steps:
                     before = self.progress.step
                     episode = self._collect_episode(env, bar)
@@ -440,7 +483,9 @@ class Trainer:
             env.close()
 
     def _store_episode(self, episode: Episode) -> None:
-        self.online.add_episode(episode, self.agent.config.gamma, self.floor_reward)
+        slots = self.online.add_episode(episode, self.agent.config.gamma, self.floor_reward)
+        if self.sampler is not None:
+            self.sampler.forget(self.online, slots)
         self.progress.episodes += 1
         self.logger.log("online", self.progress.updates, self.progress.env_steps,
                         {"online/episode_return": float(episode.rewards.sum()), "online/buffer_size": len(self.online)})
@@ -499,6 +544,8 @@ class Trainer:
         distill_updates = round(new_steps * self.config.online_distill_utd)
         if self.progress.step < self.config.online_distill_start:  # the critic learns the new data first
             distill_updates = 0
+        if self.sampler is not None:
+            self.sampler.begin(self._batch_index, max(critic_updates, distill_updates))
         for i in range(max(critic_updates, distill_updates)):
             batch = self._batch()
             if i < critic_updates:
@@ -506,9 +553,13 @@ class Trainer:
             else:
                 metrics = self.agent.distill(batch)
             self._after_update("online", metrics, None)
+        if self.sampler is not None and distill_updates:  # the end of a distillation block
+            self.sampler.publish()
 
     def _after_update(self, phase: str, metrics: dict[str, torch.Tensor], bar: tqdm | None) -> None:
         self.progress.updates += 1
+        if self.sampler is not None:  # the share of the batch served from the cache, and its staleness
+            metrics = {**metrics, **self.sampler.metrics}
         if self.progress.updates % self.config.log_every == 0:
             self.logger.log(phase, self.progress.updates, self.progress.env_steps, metrics)
             if bar is not None:
