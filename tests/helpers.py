@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -101,3 +106,15 @@ def pixel_episodes(count: int, seed: int) -> list:
     return [dataclasses.replace(e, observations={
         "pixels": render_dots(e.observations), "instruction": encode_text([INSTRUCTION] * len(e.observations))})
         for e in collect_episodes(count, seed=seed)]
+
+
+def kill_at_first_checkpoint(train_args: list[str], run_dir: Path) -> None:
+    """Start ``pa-rl train ARGS`` in a subprocess and SIGKILL it as soon as its first checkpoint is on disk."""
+    proc = subprocess.Popen([sys.executable, "-m", "pa_rl.cli", "train", *train_args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"

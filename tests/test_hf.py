@@ -5,16 +5,13 @@ Python API, and a vision-language model on images and an instruction."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import INSTRUCTION, PixelPointGoal, pixel_episodes
+from helpers import INSTRUCTION, PixelPointGoal, kill_at_first_checkpoint, pixel_episodes
 from safetensors.torch import load_file
 
 from pa_rl import Agent, AgentConfig, CriticConfig, OptimizerConfig, TrainConfig, make_policy, train
@@ -224,14 +221,7 @@ def test_cli_trains_bc_offline_online_saves_adapters_only_and_resumes_after_sigk
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
     assert main(["data", "make", "pointmaze-umaze", "--size", "2000", "--out", "datasets"]) == 0
     args = ["--data-dir", "datasets", *TINY, "--hf.model", lm]
-    proc = subprocess.Popen([sys.executable, "-m", "pa_rl.cli", "train", "--name", "killed", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = tmp_path / "runs" / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_at_first_checkpoint(["--name", "killed", *args], tmp_path / "runs" / "killed")
     assert main(["train", "--resume", "runs/killed"]) == 0
     assert main(["train", "--name", "whole", *args]) == 0
     killed, whole = tmp_path / "runs" / "killed", tmp_path / "runs" / "whole"

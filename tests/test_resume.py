@@ -30,6 +30,7 @@ from pa_rl.runs import RunError, load_weights, save_weights
 from pa_rl.envs.point_goal import collect_episodes
 from pa_rl.train import EnvironmentFault, Trainer
 
+from helpers import kill_at_first_checkpoint
 from resume_worker import CONFIG, make_agent
 
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -87,13 +88,7 @@ def test_cli_resume_after_an_external_sigkill(tmp_path: Path, monkeypatch: pytes
             "--train.checkpoint-every", "20", "--train.log-every", "5", "--train.no-progress",
             "--diffusion.hidden-dim", "32", "--agent.critic.hidden-dims", "32", "32"]
     cli = [sys.executable, "-m", "pa_rl.cli", "train"]
-    proc = subprocess.Popen([*cli, "--name", "killed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoints = tmp_path / "runs" / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed mid-BC"
+    kill_at_first_checkpoint(["--name", "killed", *args], tmp_path / "runs" / "killed")  # mid-BC
     # A resume takes the run's own config; other options are refused.
     assert main(["train", "--resume", "runs/killed", "--train.bc-steps", "5"]) == 2
     done = subprocess.run([*cli, "--resume", "runs/killed"], capture_output=True, text=True, timeout=300)
