@@ -237,3 +237,55 @@ def test_sigkill_leaves_no_worker_and_the_run_resumes_with_a_new_one(tmp_path: P
               == "sampler/from_cache"}
     assert phases == {"offline", "online"}
     assert not workers(mark)
+
+
+LEARNER_KILLED_HOLDING_THE_LOCK = """
+import os, signal, time
+import torch
+from pa_rl import ReplayBuffer
+from pa_rl.envs.point_goal import collect_episodes
+from pa_rl.samplers import DONE, AsyncSampler
+
+
+class SlowPolicy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def sample(self, obs, num_samples):
+        time.sleep(1.0)
+        return torch.zeros(len(obs), num_samples, 2)
+
+    def loss(self, obs, actions):
+        return self.weight * 0
+
+
+if __name__ == "__main__":
+    buffer = ReplayBuffer.from_episodes(collect_episodes(5, seed=0), 0.99)
+    generator = torch.Generator().manual_seed(0)
+    sampler = AsyncSampler(SlowPolicy(), 4, (2,), [buffer])
+    sampler.begin(lambda: [(buffer, buffer.draw_index(8, generator))], 3)
+    sampler.batch()  # the next two batches are asked of the worker
+    deadline = time.monotonic() + 60
+    while int(sampler.state[DONE]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sampler.lock.acquire()  # the worker, drawing the second, will wait for it to write its draws
+    print(sampler.process.pid, int(sampler.state[DONE]), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_learner_killed_while_holding_the_cache_lock_leaves_no_worker(tmp_path: Path, mark: str) -> None:
+    script, out = tmp_path / "learner.py", tmp_path / "out.txt"
+    script.write_text(LEARNER_KILLED_HOLDING_THE_LOCK)
+    with out.open("w") as stdout:  # a file, not a pipe: the worker inherits it and may outlive the learner
+        killed = subprocess.run([sys.executable, str(script)], stdout=stdout, stderr=subprocess.STDOUT, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, out.read_text()
+    worker, done = map(int, out.read_text().split()[-2:])
+    assert done == 1  # killed while its worker drew the second request, which it cannot write now
+    deadline = time.monotonic() + 10
+    while worker in workers(mark):
+        if time.monotonic() > deadline:
+            os.kill(worker, signal.SIGKILL)  # leave no orphan behind a failed test
+            pytest.fail("the worker waits forever for a lock its dead learner held")
+        time.sleep(0.1)

@@ -27,12 +27,13 @@ the learner trains:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
 import queue
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -67,7 +68,8 @@ class AsyncSampler:
     """Batches with N policy draws per state, served from a cache a worker process fills ahead.
 
     Use as a context manager: the worker is stopped (and killed if it does not stop) on leaving it,
-    also on errors; an orphaned worker (the learner killed) exits by itself within a second. Slots of
+    also on errors; an orphaned worker (the learner killed, even while holding the cache's lock) exits
+    by itself within a second. Slots of
     all ``buffers`` share one cache, ``capacity · N · H·A`` float32 for each buffer: as much as the
     frozen offline cache (:meth:`ReplayBuffer.cache_policy_samples`) takes for its data.
     """
@@ -227,6 +229,18 @@ def _next(requests: Any, parent: Any) -> Any:
                 return None
 
 
+@contextlib.contextmanager
+def _holding(lock: Any, parent: Any) -> Iterator[None]:
+    """The lock, or SystemExit once the learner is gone: a learner killed while holding it never releases it."""
+    while not lock.acquire(timeout=POLL_S):
+        if parent is not None and not parent.is_alive():
+            raise SystemExit(0)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _work(requests: Any, samples: torch.Tensor, drawn_at: torch.Tensor, state: torch.Tensor, lock: Any,
           weights: dict[str, torch.Tensor], max_staleness: int, num_samples: int, action_shape: tuple[int, ...],
           device: str, threads: int) -> None:
@@ -243,7 +257,7 @@ def _work(requests: Any, samples: torch.Tensor, drawn_at: torch.Tensor, state: t
         seq, generation, slots, obs = request
         if seq >= int(state[CONSUMED]):
             slots = torch.from_numpy(slots)
-            with lock:
+            with _holding(lock, parent):
                 if int(state[VERSION]) != version:
                     policy.load_state_dict(weights)
                     version = int(state[VERSION])
@@ -253,10 +267,10 @@ def _work(requests: Any, samples: torch.Tensor, drawn_at: torch.Tensor, state: t
                 rows = need.nonzero().squeeze(1)
                 draws = sample_actions(policy, map_obs(lambda a: torch.from_numpy(a[rows.numpy()]).to(device), obs),
                                        num_samples, action_shape).cpu()
-                with lock:
+                with _holding(lock, parent):
                     if int(state[GENERATION]) == generation:  # else the buffer changed under these states
                         older = drawn_at[slots[rows]] < version  # never over a newer draw of the learner's
                         written = slots[rows][older]
                         samples[written], drawn_at[written] = draws[older], version
-        with lock:
+        with _holding(lock, parent):
             state[DONE] += 1
