@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py [--device cpu|cuda] [--policy all] [--config default cpu] [--json out.json]
     python benchmarks/speed.py --obs pixels --config cpu --policy diffusion   # images: encoder share too
+    python benchmarks/speed.py --policy hf --hf-model FOLDER --config cpu     # a Hugging Face model (make_tiny_hf.py)
 
 Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
   default  AgentConfig() as is = the spec defaults: N = 32 samples, top k = 10, T = 10 local steps,
@@ -16,6 +17,9 @@ Rows, on random Meta-World-sized data (obs 39, action 4 in [-1, 1]) with B = --b
             the offline phase (TrainConfig.cache_policy_samples): the update minus its sampling.
   optimize  agent.optimize_actions(obs) on B states (sampling + top-k + T gradient steps).
   sample    B × N policy samples (pa_rl.optimize.sample_actions: eval mode, no autograd).
+  bc        agent.bc_update(batch): one behaviour-cloning step of the policy.
+The hf policy (a pretrained model, LoRA 8 by HFConfig's defaults) needs --hf-model, a folder or Hub id;
+``--policy all`` includes it only then.
 With --obs pixels the observations are pointmaze-umaze-pixels' (uint8 64×64×3 camera, 2-d velocity,
 64-byte instruction; 2-d actions), and each row also says how much of its GFLOP runs in the forward
 passes of the encoders (policy's, critic's, target critic's) and how many ms those take.
@@ -140,7 +144,8 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
     cfg = run.agent
     spec, action_dim = (PIXELS, 2) if args.obs == "pixels" else (args.obs_dim, args.action_dim)
     low, high = -np.ones(action_dim, np.float32), np.ones(action_dim, np.float32)
-    agent = Agent(make_policy(name, spec, low, high, getattr(run, name)), spec, low, high, cfg, device)
+    policy_config = replace(run.hf, model=args.hf_model) if name == "hf" else getattr(run, name)
+    agent = Agent(make_policy(name, spec, low, high, policy_config), spec, low, high, cfg, device)
     batch = random_batch(args.batch_size, spec, action_dim, device)
     cached = replace(batch, policy_samples=agent.sample_policy(batch.obs),
                      next_policy_samples=agent.sample_policy(batch.next_obs))
@@ -149,6 +154,7 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
         "cached": lambda: agent.update(cached),
         "optimize": lambda: agent.optimize_actions(batch.obs),
         "sample": lambda: sample_actions(agent.policy, batch.obs, cfg.optimizer.num_samples),
+        "bc": lambda: agent.bc_update(batch),
     }
     encoders = [m for m in (agent.policy.encoder, agent.critic.encoder, agent.target_critic.encoder)
                 if args.obs == "pixels"]
@@ -227,13 +233,16 @@ def main() -> None:
                         help="vector: --obs-dim floats; pixels: pointmaze-umaze-pixels' observations")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write machine info and rows to this path")
+    parser.add_argument("--hf-model", default="", help="the hf policy's model: a folder or Hub id (--hf.model)")
     args = parser.parse_args()
+    if args.policy == "hf" and not args.hf_model:
+        parser.error("--policy hf needs --hf-model FOLDER_OR_HUB_ID (benchmarks/make_tiny_hf.py builds one)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     info = machine(device)
     print(" | ".join(f"{k}: {v}" for k, v in info.items()) + "\n", flush=True)
-    policies = list(POLICIES) if args.policy == "all" else [args.policy]
+    policies = [p for p in POLICIES if p != "hf" or args.hf_model] if args.policy == "all" else [args.policy]
     rows = []
     for config_name in args.config:
         for name in policies:
