@@ -185,6 +185,28 @@ def modes_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], me
     return "\n".join(rows)
 
 
+def phases_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
+    """Each phase's end in the method's score mode (BC: the raw policy after behaviour cloning), and the
+    cells' peak memory: resident memory of the cell's process, and what torch allocated on a GPU. Only
+    cells that recorded their memory (run since 0.5.0) are counted."""
+    rows = ["| task | method | BC (policy) | offline | online | seeds | peak RSS MB | peak CUDA MB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for task in tasks:
+        for method in methods:
+            runs = [r for r in cells.get((task, method), []) if r.get("peak_rss_mb") is not None]
+            if not runs:
+                continue
+            bc = [r["bc_score"] for r in runs if r["bc_score"] is not None]
+            online = [r["online_score"] for r in runs if r["online_score"] is not None]
+            cuda = [r for r in runs if r.get("peak_cuda_mb") is not None]
+            gpu = per_device(cuda, "peak_cuda_mb") if cuda else "–"
+            rows.append(f"| {task} | {method} | {mean_std(bc, episodes(runs))} "
+                        f"| {mean_std([r['offline_score'] for r in runs], episodes(runs))} "
+                        f"| {mean_std(online, episodes(runs)) if online else 'n/a'} | {len(runs)} "
+                        f"| {per_device(runs, 'peak_rss_mb')} | {gpu} |")
+    return "\n".join(rows) if len(rows) > 2 else "(no cell in these results recorded its memory)"
+
+
 def efficiency_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str], methods: list[str]) -> str:
     rows = ["| task | target (best baseline, its final score) | method | env steps to reach it |", "|---|---|---|---:|"]
     for task in tasks:
@@ -284,6 +306,8 @@ def report(results: list[Result]) -> str:
              scores_table(cells, tasks, main_methods), "",
              "### Both evaluation modes (π̂ = argmax of Q over the optimized samples; policy = one raw sample)", "",
              modes_table(cells, tasks, main_methods), "",
+             "### Phases and peak memory (BC → offline → online, cells that recorded their memory)", "",
+             phases_table(cells, tasks, main_methods), "",
              "### Sample efficiency (online env steps to reach the best baseline's final score)", "",
              efficiency_table(cells, tasks, main_methods), "",
              "### Stability (best offline evaluation vs the end of the online phase, per run)", "",
