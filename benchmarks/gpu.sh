@@ -64,7 +64,9 @@ if compgen -G ".whl/*.whl" > /dev/null && [[ "$DRY" != 1 ]]; then
 else
     export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONUNBUFFERED=1 MINARI_DATASETS_PATH=$WORK/datasets MUJOCO_GL=${MUJOCO_GL:-egl} TQDM_DISABLE=1
+# MUJOCO_GL stays unset, as in the tests here: MuJoCo then imports its GLFW context (the glfw wheel brings its
+# library; nothing is rendered by MuJoCo), where "egl" would need the EGL loader the device image may lack.
+export PYTHONUNBUFFERED=1 MINARI_DATASETS_PATH=$WORK/datasets TQDM_DISABLE=1
 
 pack() {  # summary.md from the step table and run lines; the run folders (no checkpoints, no weights) and logs
     { printf '# gpu.sh %s (dry %s, %s)\n\n| step | exit | seconds |\n|---|---:|---:|\n' "$STARTED" "$DRY" "$DEVICE"
@@ -150,6 +152,8 @@ run_train() {  # run_train NAME DATASET MAX_SECONDS, with GPU memory sampled, th
 import csv, json, sys
 from pathlib import Path
 run, smi, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+if not run.exists():
+    sys.exit(print(f"- {name}: not run"))
 summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
 if not summary and (run / "metrics.csv").exists():  # cut short: the evaluations it logged as it went
     for row in csv.DictReader((run / "metrics.csv").open()):
