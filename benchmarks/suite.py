@@ -11,6 +11,7 @@ phase checkpoint).
     python benchmarks/suite.py --tasks all --methods main --jobs 2   # two cells at a time (one per core)
     python benchmarks/suite.py --full --jobs 2   # the whole suite: 53 cells per seed (51 on state tasks, 2 on pixels)
     python benchmarks/suite.py --list            # task, method and group names
+    python benchmarks/suite.py --tasks pointmaze-umaze pointmaze-umaze-pixels --methods hf   # a tiny Llama (extra hf)
 
 Results: ``benchmarks/results/<task>__<method>__s<seed>.json``; run folders (metrics, checkpoints)
 under ``runs/bench/<results folder name>/``. ``python benchmarks/report.py`` turns results into tables.
@@ -26,6 +27,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -55,6 +57,12 @@ OFFLINE_ONLY_TASKS = ("pointmaze-medium", "pointmaze-large")
 # at 256 the suite would take ≈ 5 h here instead of ≈ 3.5 h. It costs PA-RL online quality
 # (BENCHMARKS.md, "v2, reading it"); one batch for every method keeps the comparison fair.
 SUITE_BATCH_SIZE = 128
+# The hf methods' model: benchmarks/make_tiny_hf.py's 2-layer Llama (hidden 32, random weights from seed 0),
+# built on first use into this folder under the data dir (never downloaded). A cell records the folder as
+# --hf.model and the base's SHA-256 in its weights, so a resumed cell refuses a rebuilt, different model.
+HF_MODEL = Path("hf-models") / "tiny-llama"
+# The instruction for tasks whose observation has none (the pixel maze carries this one in every step).
+HF_INSTRUCTIONS = {"pointmaze-umaze": "reach the goal at the top-left end of the U"}
 
 ScoreMode = Literal["pa_rl", "policy"]
 Tier = Literal["short", "long"]
@@ -95,6 +103,16 @@ def _parl(config: RunConfig) -> RunConfig:
 
 def _bc(config: RunConfig) -> RunConfig:
     return _train(config, offline_steps=0, online_env_steps=0)
+
+
+def _hf(config: RunConfig) -> RunConfig:
+    """The suite's tiny Llama (``HF_MODEL``) with LoRA rank 8 and the task's instruction. Images (the
+    pixel maze) go through pa-rl's conv encoder into the LM's state tokens, as for the other classes:
+    the same model on both tasks, and the camera at its full 64 × 64 (a tiny Llava would see it resized
+    to its CLIP tower's 16 × 16, through a per-image PIL processor on every call)."""
+    hf = dataclasses.replace(config.hf, model=str(config.data_dir / HF_MODEL), lora_rank=8,
+                             instruction=HF_INSTRUCTIONS.get(config.dataset, config.hf.instruction))
+    return dataclasses.replace(config, hf=hf)
 
 
 def _bestofn(config: RunConfig) -> RunConfig:
@@ -163,10 +181,20 @@ METHODS: dict[str, Method] = {
         "stability: PA-RL diffusion collecting online with a softmax(Q) draw among π̂'s candidates"),
     "parl-diffusion-mix90": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), mixing_ratio=0.9),
                                    "stability: PA-RL diffusion with 10 % of online batches from online data"),
+    "parl-diffusion-nodistill": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), online_distill_utd=0.0),
+                                       "stability: PA-RL diffusion with the policy frozen online (diagnosis)"),
+    "parl-diffusion-distill1e-5": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), distill_lr=1e-5),
+                                         "stability: PA-RL diffusion distilling at learning rate 1e-5"),
+    "parl-diffusion-mix100": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), mixing_ratio=1.0),
+                                    "stability: PA-RL diffusion online with offline batches only (diagnosis)"),
     "parl-diffusion-gate": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), agreement_gate=True),
                                   "stability: PA-RL diffusion, π̂'s argmax only where the critic members agree"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
        for n in (4, 16, 32)},
+    "parl-hf": Method("hf", "pa_rl", lambda c: _parl(_hf(c)),
+                      "hf: PA-RL (Cal-QL critic, distillation) with a tiny Llama action-token policy, LoRA 8"),
+    "bc-hf": Method("hf", "policy", lambda c: _bc(_hf(c)), "hf: behaviour cloning of a tiny Llama action-token "
+                    "policy, LoRA 8", online=False),
 }
 BASELINES = ("bc-diffusion", "bc-gaussian", "bc-token", "bc-flow", "bestofn-diffusion", "calql-gaussian", "iql-gaussian")
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -176,10 +204,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "parl-diffusion-n4", "parl-diffusion-n16", "parl-diffusion-n32"),
     # Candidate fixes for online collapse, run on umaze seeds by hand (BENCHMARKS.md, stability); not in --full.
     "stability": tuple(m for m in METHODS if METHODS[m].summary.startswith("stability:")),
+    # Pretrained-model policies (--policy hf, issue 17's evidence): they need the hf extra (transformers,
+    # peft), which --full does not assume, so they run by this group's name, not in --full.
+    "hf": tuple(m for m in METHODS if METHODS[m].summary.startswith("hf:")),
     "all": tuple(METHODS),
 }
 # The whole suite (``--full``): the main comparison on every state task; the other policy classes, their
-# BC and the ablations on one task; PA-RL diffusion with and without chunks from pixels (not the stability group).
+# BC and the ablations on one task; PA-RL diffusion with and without chunks from pixels (not the stability
+# and hf groups).
 FULL_SUITE: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (STATE_TASKS, GROUPS["main"]),
     (PIXEL_TASKS, ("parl-diffusion", "parl-diffusion-chunk4")),
@@ -264,6 +296,43 @@ def cell_name(task: str, method: str, seed: int) -> str:
     return f"{task}__{method}__s{seed}"
 
 
+def ensure_hf_model(config: RunConfig) -> None:
+    """Build the tiny model an hf cell names (``HF_MODEL``) if its folder is missing: into a temporary
+    folder, then renamed, so a killed build leaves no half-written model and racing builds keep one."""
+    if config.policy != "hf" or Path(config.hf.model).exists():
+        return
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import make_tiny_hf
+
+    target = Path(config.hf.model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_tiny_hf.make_text_model(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp)
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory (VmHWM) afresh, so it reads one cell's peak (Linux ≥ 4.0;
+    elsewhere the peak stays the process's so far)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: str) -> dict[str, float | None]:
+    """Peak resident memory of this process since ``reset_peak_rss`` (None where /proc is missing), and
+    the peak CUDA memory torch allocated on a CUDA run."""
+    try:
+        rss = float(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        rss = None
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}
+
+
 def machine(device: str) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
     return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
@@ -302,6 +371,10 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # a cell killed before its first checkpoint: start it again
     print(f"{tag}{clock()} start {config.name}{' (resuming)' if resume else ''}: {method.summary}", flush=True)
+    ensure_hf_model(config)
+    reset_peak_rss()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     data = resolve_dataset(config)
     agent = build_agent(config, data)
@@ -320,7 +393,7 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
                                                       else "no online phase on this task: n/a"),
         "bc_score": score(summary, "bc", "policy"),
         "online_env_steps": summary.get("env_steps", 0),
-        "wall_clock_s": wall, "train_wall_clock_s": summary.get("wall_clock_s"),
+        "wall_clock_s": wall, "train_wall_clock_s": summary.get("wall_clock_s"), **peak_memory_mb(device),
         "updates": summary.get("updates"), "updates_per_s": summary.get("updates_per_s"),
         "summary": summary, "evaluations": result.evaluations,
         "dataset": {"id": data.dataset_id, "path": str(data.path), "transitions": data.num_transitions},
@@ -395,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: --jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1:  # make missing data sets here, once, rather than in racing workers
         for task, method, seed in {task: (task, method, seed) for task, method, seed in cells}.values():
-            ensure_dataset(cell_config(task, method, seed, budgets, runs_dir, args.data_dir, tier=args.tier))
+            config = cell_config(task, method, seed, budgets, runs_dir, args.data_dir, tier=args.tier)
+            ensure_dataset(config)
+            ensure_hf_model(config)
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or CUDA state
     with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.threads,)) \
             if args.jobs > 1 else contextlib.nullcontext() as pool:

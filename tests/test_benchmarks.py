@@ -46,6 +46,7 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert cell["config"]["agent"]["optimizer"]["local_steps"] == 0
     assert cell["config"]["train"]["bc_steps"] == 20 and cell["config"]["train"]["reward_bias"] == -1
     assert cell["online_env_steps"] == 60 and cell["wall_clock_s"] > 0 and cell["machine"]["torch_threads"] == 1
+    assert cell["peak_rss_mb"] > 50 and cell["peak_cuda_mb"] is None  # this cell's own peak (VmHWM reset at its start)
     assert [e["env_steps"] for e in cell["evaluations"] if e["phase"] == "online"] == [30, 60]
     assert "eval/pa_rl_success" in cell["evaluations"][-1] and "--methods bestofn-diffusion" in cell["command"]
 
@@ -59,6 +60,7 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     text = out.read_text()
     assert "| pointmaze-umaze | bestofn-diffusion | pa_rl |" in text  # the score table
     assert "| pointmaze-umaze | bestofn-diffusion: " in text  # the sample-efficiency table (its own target)
+    assert "| pointmaze-umaze | bestofn-diffusion | " in text.split("### Phases and peak memory")[1]  # with its memory
     # The stability row: best offline evaluation, end of online, drop; and a Wilson interval beside each mean.
     assert "| pointmaze-umaze | bestofn-diffusion | 0 |" in text and "more than 15 points below" in text
     assert report.wilson(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
@@ -105,6 +107,21 @@ def test_methods_change_only_what_they_name() -> None:
     assert parl.train.reward_bias == -1.0
     assert suite.cell_config("metaworld-push", "parl-diffusion", 1, suite.Budgets(), Path("r"), Path("d")
                              ).train.reward_bias == 0.0
+
+
+def test_hf_cells_build_their_tiny_llama_once_under_the_data_dir(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    parl, bc = (suite.cell_config("pointmaze-umaze", method, 0, suite.Budgets(), Path("r"), tmp_path)
+                for method in ("parl-hf", "bc-hf"))
+    assert parl.policy == bc.policy == "hf" and parl.hf.model == bc.hf.model == str(tmp_path / "hf-models/tiny-llama")
+    assert parl.hf.lora_rank == 8 and parl.hf.instruction == "reach the goal at the top-left end of the U"
+    assert (parl.agent.objective, parl.agent.policy_improvement) == ("calql", "distill")
+    assert bc.train.offline_steps == bc.train.online_env_steps == 0
+    suite.ensure_hf_model(parl)
+    weights = tmp_path / "hf-models" / "tiny-llama" / "model.safetensors"
+    built = weights.stat().st_mtime_ns
+    suite.ensure_hf_model(bc)  # the same folder: kept, not rebuilt
+    assert weights.stat().st_mtime_ns == built and [p.name for p in weights.parent.parent.iterdir()] == ["tiny-llama"]
 
 
 def test_the_suite_runs_its_own_batch_and_a_flag_overrides_it() -> None:
@@ -155,8 +172,9 @@ def test_report_keeps_gpu_timings_apart_from_cpu_ones() -> None:
 
 def test_the_full_suite_covers_every_task_and_method_and_runs_the_long_mazes_offline_only() -> None:
     assert {t for tasks, _ in suite.FULL_SUITE for t in tasks} == set(suite.TASKS)
-    assert {m for _, methods in suite.FULL_SUITE for m in methods} == set(suite.METHODS) - set(suite.GROUPS["stability"])
-    assert suite.GROUPS["stability"]
+    assert {m for _, methods in suite.FULL_SUITE for m in methods} == (
+        set(suite.METHODS) - set(suite.GROUPS["stability"]) - set(suite.GROUPS["hf"]))
+    assert suite.GROUPS["stability"] and set(suite.GROUPS["hf"]) == {"parl-hf", "bc-hf"}
     assert sum(len(tasks) * len(methods) for tasks, methods in suite.FULL_SUITE) == 53  # cells per seed
 
     def online_steps(task: str) -> int:
