@@ -187,6 +187,9 @@ METHODS: dict[str, Method] = {
                                          "stability: PA-RL diffusion distilling at learning rate 1e-5"),
     "parl-diffusion-mix100": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), mixing_ratio=1.0),
                                     "stability: PA-RL diffusion online with offline batches only (diagnosis)"),
+    "parl-diffusion-distill-offline": Method(
+        "diffusion", "pa_rl", lambda c: _train(_parl(c), online_distill_states="offline"),
+        "stability: PA-RL diffusion distilling online at the batch's offline-data states only"),
     "parl-diffusion-gate": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), agreement_gate=True),
                                   "stability: PA-RL diffusion, π̂'s argmax only where the critic members agree"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 import pa_rl
@@ -74,3 +75,18 @@ def test_online_distillation_waits_for_its_start() -> None:
         train(agent, episodes, lambda: gym.make("pa_rl/PointGoal-v0"), config)
         assert any(not torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
         assert any(not torch.equal(a, b) for a, b in zip(policy, agent.policy.parameters())) == policy_moves
+
+
+def test_online_distillation_can_fit_the_offline_rows_only() -> None:
+    """online_distill_states 'offline': the critic trains on the mixed batch, the policy on its offline rows."""
+    agent = small_agent("flow")
+    policy = [p.detach().clone() for p in agent.policy.parameters()]
+    sizes, distill = [], agent.distill
+    agent.distill = lambda batch: sizes.append(len(batch)) or distill(batch)
+    config = TrainConfig(batch_size=16, bc_steps=0, offline_steps=0, online_env_steps=40, mixing_ratio=0.75,
+                         online_distill_states="offline", eval_episodes=1, diagnostic_pairs=0, progress=False)
+    train(agent, collect_episodes(10, seed=2), lambda: gym.make("pa_rl/PointGoal-v0"), config)
+    assert sizes and set(sizes) == {12}  # round(16 · 0.75) offline rows, every online update
+    assert any(not torch.equal(a, b) for a, b in zip(policy, agent.policy.parameters()))
+    with pytest.raises(ValueError, match="mixing_ratio > 0"):
+        TrainConfig(online_distill_states="offline", mixing_ratio=0.0)

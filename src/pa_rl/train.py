@@ -65,6 +65,10 @@ class TrainConfig:
     online_critic_utd: float = 1.0  # critic updates per new env step
     online_distill_utd: float = 1.0  # distillation updates per new env step
     online_distill_start: int = 0  # online env steps of critic-only updates before distillation resumes
+    # The states online distillation fits the policy at: the whole mixed batch ("all"), or only its
+    # offline-data rows ("offline"; the critic still trains on both). A candidate fix for online
+    # collapse (BENCHMARKS.md, stability): the policy then never imitates at states its own π̂ visited.
+    online_distill_states: Literal["all", "offline"] = "all"
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
     # Online env steps collected before the first online update (updates follow whole episodes, so
     # they start after the episode that crosses this count). Counted in steps, not episodes, so a
@@ -99,6 +103,11 @@ class TrainConfig:
                 "online_distill_utd", "sampler_max_staleness", at_least=0)
         if self.sampler not in ("sync", "async"):
             raise ValueError(f"sampler must be 'sync' or 'async', got {self.sampler!r}")
+        if self.online_distill_states not in ("all", "offline"):
+            raise ValueError(f"online_distill_states must be 'all' or 'offline', got {self.online_distill_states!r}")
+        if self.online_distill_states == "offline" and (self.sampler == "async" or self.mixing_ratio == 0):
+            raise ValueError("online_distill_states 'offline' needs offline rows in online batches (mixing_ratio > 0) "
+                             f"and sampler 'sync'; got mixing_ratio {self.mixing_ratio}, sampler {self.sampler!r}")
         if 0 < self.online_env_steps <= self.warmup_env_steps:
             raise ValueError(f"warmup_env_steps ({self.warmup_env_steps}) must be below online_env_steps "
                              f"({self.online_env_steps}): no online update would ever run")
@@ -547,6 +556,12 @@ class Trainer:
         if self.sampler is not None:
             self.sampler.begin(self._batch_index, max(critic_updates, distill_updates))
         for i in range(max(critic_updates, distill_updates)):
+            if self.config.online_distill_states == "offline" and i < distill_updates:
+                parts = self._batch_index()
+                metrics = self.agent.update(batch_of(parts), distill=False) if i < critic_updates else {}
+                metrics.update(self.agent.distill(batch_of(parts[:1])))  # the offline rows come first
+                self._after_update("online", metrics, None)
+                continue
             batch = self._batch()
             if i < critic_updates:
                 metrics = self.agent.update(batch, distill=i < distill_updates)
