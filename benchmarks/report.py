@@ -165,7 +165,8 @@ def stability_table(cells: dict[tuple[str, str], list[Result]], tasks: list[str]
     if not drops:
         return "(no run with both phases in these results)"
     counts = [f"- {task}, {method}: {sum(d > tolerance + 1e-9 for d in cell)} of {len(cell)} runs end online more "
-              f"than {100 * tolerance:.0f} points below their best offline score" for (task, method), cell in drops.items()]
+              f"than {100 * tolerance:.0f} points below their best offline score"
+              for (task, method), cell in drops.items()]
     return "\n".join(rows) + "\n\n" + "\n".join(counts)
 
 

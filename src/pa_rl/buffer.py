@@ -233,8 +233,8 @@ class ReplayBuffer:
         reference code): it replaces the dominant cost of an update, sampling B×N actions twice.
         Lazily, so the first update starts at once (drawing 100k states up front took 2.3 min on
         one thread) and a phase that touches part of the data draws no more than it uses (1000
-        updates of 128 reach 72 % of 100k transitions, 92 % of the slots with their next states). Call :meth:`drop_policy_samples` as soon as
-        the policy changes or the buffer grows.
+        updates of 128 reach 72 % of 100k transitions, 92 % of the slots with their next states).
+        Call :meth:`drop_policy_samples` as soon as the policy changes or the buffer grows.
         """
         self._draw, self.policy_samples = sample, None
         self._drawn = torch.zeros(self.size, dtype=torch.bool, device=self.device)

@@ -162,13 +162,11 @@ class ActionOptimizer:
                 values, index = values.topk(cfg.top_k, dim=-1)
                 samples = samples.gather(1, index[..., None].expand(-1, -1, samples.shape[-1]))
                 members = members.gather(2, index.expand(len(members), -1, -1))
-        best_actions, best_values, best_members, initial = samples, values, members, values
+        best_actions, best_members, initial = samples, members, values  # members [E, B, k]: values reduce them
 
         def keep_best(actions: torch.Tensor, members: torch.Tensor) -> None:
-            nonlocal best_actions, best_values, best_members
-            values = self.reduce(members)
-            better = values > best_values
-            best_values = torch.where(better, values, best_values).detach()
+            nonlocal best_actions, best_members
+            better = self.reduce(members) > self.reduce(best_members)
             best_members = torch.where(better, members, best_members).detach()
             best_actions = torch.where(better[..., None], actions, best_actions).detach()
 
@@ -184,7 +182,8 @@ class ActionOptimizer:
         if cfg.local_steps > 0:
             with torch.no_grad():
                 keep_best(actions, critic.q(features, actions))
+        best_values = self.reduce(best_members).detach()
         if not cfg.agreement_gate:
-            return Candidates(best_actions.detach(), best_values.detach(), initial)
+            return Candidates(best_actions.detach(), best_values, initial)
         undecided = (best_members.argmax(-1) != best_values.argmax(-1)).any(0)
-        return Candidates(best_actions.detach(), best_values.detach(), initial, base, undecided)
+        return Candidates(best_actions.detach(), best_values, initial, base, undecided)

@@ -154,6 +154,11 @@ def transform_rewards(episodes: Sequence[Episode], scale: float, bias: float) ->
     return [dataclasses.replace(e, rewards=(scale * e.rewards + bias).astype(np.float32)) for e in episodes]
 
 
+def _describe(spec: ObsSpec) -> int | dict[str, tuple[str, tuple[int, ...]]]:
+    """An observation spec as its keys' kinds and shapes, for messages."""
+    return spec if isinstance(spec, int) else {key: (f.kind, f.shape) for key, f in spec.items()}
+
+
 def adapt_env(env: gym.Env, obs_spec: ObsSpec) -> gym.Env:
     """An env with raw mapping observations (Dict, Text, images) wrapped to give them in the agent's form;
     refused at once when its observations have other keys or shapes than the data's (not at the first step)."""
@@ -163,9 +168,8 @@ def adapt_env(env: gym.Env, obs_spec: ObsSpec) -> gym.Env:
         except ValueError as error:
             raise DataError(f"the environment's observations cannot be used: {error}") from error
         if raw != obs_spec:
-            describe = lambda spec: spec if isinstance(spec, int) else {k: (f.kind, f.shape) for k, f in spec.items()}  # noqa: E731
-            raise DataError(f"the environment's observations {describe(raw)} do not match the data's "
-                            f"{describe(obs_spec)}; use data recorded in this env")
+            raise DataError(f"the environment's observations {_describe(raw)} do not match the data's "
+                            f"{_describe(obs_spec)}; use data recorded in this env")
         return SpecObservation(env, obs_spec)
     return env
 
