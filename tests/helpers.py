@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -108,10 +109,16 @@ def pixel_episodes(count: int, seed: int) -> list:
         for e in collect_episodes(count, seed=seed)]
 
 
+def same_threads() -> dict[str, str]:
+    """The environment for a subprocess that must compute as this process does: torch's thread count
+    changes float sums in the last digits, and the shell's OMP_NUM_THREADS need not match conftest's."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def kill_at_first_checkpoint(train_args: list[str], run_dir: Path) -> None:
     """Start ``pa-rl train ARGS`` in a subprocess and SIGKILL it as soon as its first checkpoint is on disk."""
     proc = subprocess.Popen([sys.executable, "-m", "pa_rl.cli", "train", *train_args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=same_threads())
     checkpoints = run_dir / "checkpoints"
     deadline = time.monotonic() + 120
     while not list(checkpoints.glob("ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:

@@ -30,7 +30,7 @@ from pa_rl.runs import RunError, load_weights, save_weights
 from pa_rl.envs.point_goal import collect_episodes
 from pa_rl.train import EnvironmentFault, Trainer
 
-from helpers import kill_at_first_checkpoint
+from helpers import kill_at_first_checkpoint, same_threads
 from resume_worker import CONFIG, make_agent
 
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -91,7 +91,8 @@ def test_cli_resume_after_an_external_sigkill(tmp_path: Path, monkeypatch: pytes
     kill_at_first_checkpoint(["--name", "killed", *args], tmp_path / "runs" / "killed")  # mid-BC
     # A resume takes the run's own config; other options are refused.
     assert main(["train", "--resume", "runs/killed", "--train.bc-steps", "5"]) == 2
-    done = subprocess.run([*cli, "--resume", "runs/killed"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cli, "--resume", "runs/killed"], capture_output=True, text=True, timeout=300,
+                          env=same_threads())
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stderr
     assert main(["train", "--name", "whole", *args]) == 0
