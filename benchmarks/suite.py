@@ -190,6 +190,11 @@ METHODS: dict[str, Method] = {
     "parl-diffusion-distill-offline": Method(
         "diffusion", "pa_rl", lambda c: _train(_parl(c), online_distill_states="offline"),
         "stability: PA-RL diffusion distilling online at the batch's offline-data states only"),
+    "parl-diffusion-cql-offline": Method(
+        "diffusion", "pa_rl", lambda c: _train(_parl(c), online_conservative_states="offline"),
+        "stability: PA-RL diffusion, the conservative term online at the batch's offline-data rows only"),
+    "parl-diffusion-act-target": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), act_critic="target"),
+                                        "stability: PA-RL diffusion acting with the target (Polyak) critic"),
     "parl-diffusion-gate": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), agreement_gate=True),
                                   "stability: PA-RL diffusion, π̂'s argmax only where the critic members agree"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")

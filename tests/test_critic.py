@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -208,6 +211,44 @@ def test_calql_keeps_policy_values_above_the_monte_carlo_bound_where_cql_does_no
     mc = buffer.storage["mc_returns"].mean().item()
     assert policy_values["calql"] >= mc - 0.1, (policy_values, mc)
     assert policy_values["cql"] < mc - 0.3, (policy_values, mc)
+
+
+def test_conservative_rows_leave_the_other_rows_to_td_alone() -> None:
+    """Cal-QL's bound (the rows' Monte-Carlo returns) enters the update through the conservative term
+    only: raising it on rows past ``conservative_rows`` changes nothing, raising it on all rows does."""
+    buffer = ReplayBuffer.from_episodes(chain_episodes(50, np.random.default_rng(0)), gamma=0.9)
+    batch = buffer.sample(32, torch.Generator().manual_seed(0))
+    lifted = dataclasses.replace(batch, mc_returns=torch.cat([batch.mc_returns[:20], torch.full((12,), 50.0)]))
+    config = AgentConfig(objective="calql", cql_alpha=1.0, critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
+                         optimizer=OptimizerConfig(num_samples=4, top_k=2, local_steps=1))
+    torch.manual_seed(0)
+    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+    weights = {}
+    for name, rows, data in (("base", 20, batch), ("lifted", 20, lifted), ("all rows", None, lifted)):
+        twin = copy.deepcopy(agent)
+        torch.manual_seed(1)
+        twin.update(data, conservative_rows=rows)
+        weights[name] = torch.cat([p.detach().flatten() for p in twin.critic.parameters()])
+    assert torch.equal(weights["base"], weights["lifted"])
+    assert not torch.equal(weights["base"], weights["all rows"])
+
+
+@pytest.mark.parametrize("act_critic", ["critic", "target"])
+def test_pi_hat_acts_with_the_critic_it_is_told_to(act_critic: str) -> None:
+    config = AgentConfig(act_critic=act_critic, critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
+                         optimizer=OptimizerConfig(num_samples=8, top_k=4, local_steps=1))
+    torch.manual_seed(0)
+    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+    with torch.no_grad():  # the learned critic and its target now rank the candidates differently
+        for param in agent.critic.parameters():
+            param.add_(torch.randn_like(param))
+    obs = torch.randn(64, 2)
+    chosen = agent.target_critic if act_critic == "target" else agent.critic
+    for critic in (agent.critic, agent.target_critic):
+        torch.manual_seed(1)
+        expected = agent.optimize_actions(obs, critic=critic).choose("argmax")
+        torch.manual_seed(1)
+        assert torch.equal(agent.act(obs), expected) == (critic is chosen)
 
 
 def test_cached_policy_samples_replace_sampling_in_updates() -> None:

@@ -90,3 +90,17 @@ def test_online_distillation_can_fit_the_offline_rows_only() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(policy, agent.policy.parameters()))
     with pytest.raises(ValueError, match="mixing_ratio > 0"):
         TrainConfig(online_distill_states="offline", mixing_ratio=0.0)
+
+
+def test_the_conservative_term_can_see_the_offline_rows_only() -> None:
+    """online_conservative_states 'offline': every online critic step passes the offline row count."""
+    agent = small_agent("flow")
+    rows, update = [], agent.update
+    agent.update = lambda batch, distill=False, conservative_rows=None: (
+        rows.append((len(batch), conservative_rows)) or update(batch, distill, conservative_rows))
+    config = TrainConfig(batch_size=16, bc_steps=0, offline_steps=0, online_env_steps=40, mixing_ratio=0.75,
+                         online_conservative_states="offline", eval_episodes=1, diagnostic_pairs=0, progress=False)
+    train(agent, collect_episodes(10, seed=2), lambda: gym.make("pa_rl/PointGoal-v0"), config)
+    assert rows and set(rows) == {(16, 12)}  # the batch's first round(16 · 0.75) rows are the offline data's
+    with pytest.raises(ValueError, match="online_conservative_states 'offline' needs"):
+        TrainConfig(online_conservative_states="offline", sampler="async")

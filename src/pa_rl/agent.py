@@ -60,6 +60,9 @@ class AgentConfig:
     distill_choice: ChooseMode = "softmax"
     distill_temperature: float = 1.0
     distill_with_data_action: bool = True  # the data set action replaces the worst candidate
+    # The critic that ranks π̂'s candidates when acting (evaluation, online collection): the learned one,
+    # or its Polyak average ("target"), whose ranking averages out the last ≈ 1/τ updates' noise.
+    act_critic: Literal["critic", "target"] = "critic"
     # The policy step: "distill" = PA-RL (fit the policy's own loss to optimized actions); "reparam" =
     # the Cal-QL/SAC actor, max E[Q(s, a ~ π)] − α log π with automatic α (needs policy.rsample);
     # "awr" = IQL's advantage-weighted regression on data actions (needs policy.log_prob and --critic iql).
@@ -157,9 +160,10 @@ class Agent(nn.Module):
         self.bc_steps_done = 0
 
     # ---- acting -------------------------------------------------------------------------------
-    def optimize_actions(self, obs: Obs, samples: torch.Tensor | None = None) -> Candidates:
+    def optimize_actions(self, obs: Obs, samples: torch.Tensor | None = None, critic: QEnsemble | None = None
+                         ) -> Candidates:
         """π̂'s candidates at ``obs``; ``samples`` are cached policy draws to use instead of new ones."""
-        return self.action_optimizer(self.policy, self.critic, obs, samples)
+        return self.action_optimizer(self.policy, critic or self.critic, obs, samples)
 
     def sample_policy(self, obs: Obs) -> torch.Tensor:
         """The optimizer's N draws of the base policy, flat ``[B, N, H·A]`` (what a sample cache stores)."""
@@ -179,7 +183,8 @@ class Agent(nn.Module):
             actions = sample_actions(self.policy, obs_t, 1, self.action_shape)[:, 0]
             actions = torch.maximum(torch.minimum(actions, self.chunk_high), self.chunk_low)
         else:
-            actions = self.optimize_actions(obs_t).choose(mode)
+            critic = self.target_critic if self.config.act_critic == "target" else self.critic
+            actions = self.optimize_actions(obs_t, critic=critic).choose(mode)
         actions = self.shaped(actions)
         return actions[0] if single else actions
 
@@ -205,14 +210,16 @@ class Agent(nn.Module):
         lr = cfg.bc_lr * min(1.0, self.bc_steps_done / max(cfg.bc_warmup_steps, 1))
         return {"bc/loss": self._policy_step(lambda: self.policy.loss(batch.obs, self.shaped(batch.actions)), lr)}
 
-    def update(self, batch: Batch, distill: bool = False) -> dict[str, torch.Tensor]:
-        """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``.
+    def update(self, batch: Batch, distill: bool = False, conservative_rows: int | None = None
+               ) -> dict[str, torch.Tensor]:
+        """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``;
+        ``conservative_rows``: only the batch's first rows enter the CQL/Cal-QL term (all by default).
 
         Metrics are 0-d tensors, read (one host sync each) only when someone logs them."""
         if self.config.objective == "iql":
             metrics, candidates = self._iql_critic_step(batch), None
         else:
-            metrics, candidates = self._cql_critic_step(batch)  # π̂'s candidates at s, data action values
+            metrics, candidates = self._cql_critic_step(batch, conservative_rows)  # π̂'s candidates at s, data action values
         polyak_update(self.target_critic, self.critic, self.config.tau)
         if distill:
             metrics.update(self._improve_policy(batch, candidates))
@@ -229,7 +236,8 @@ class Agent(nn.Module):
         target = batch.rewards + batch.discounts * (1 - batch.terminals) * next_values
         return torch.maximum(target, batch.mc_returns) if self.config.mc_target_floor else target
 
-    def _cql_critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], tuple[Candidates, torch.Tensor]]:
+    def _cql_critic_step(self, batch: Batch, conservative_rows: int | None = None
+                         ) -> tuple[dict[str, torch.Tensor], tuple[Candidates, torch.Tensor]]:
         cfg, size = self.config, len(batch)
         # π̂ on s and s' in one batched call: s' for the backup, both for the conservative term.
         cached = None
@@ -252,7 +260,7 @@ class Agent(nn.Module):
         q_data, q_random, q_policy = values[..., 0], values[..., 1: 1 + cfg.cql_actions], values[..., 1 + cfg.cql_actions:]
         if cfg.objective == "calql":  # calibration: policy values no lower than the behaviour's MC return
             q_policy = torch.maximum(q_policy, batch.mc_returns[None, :, None])
-        gap = torch.logsumexp(torch.cat([q_random, q_policy], -1), -1) - q_data
+        gap = (torch.logsumexp(torch.cat([q_random, q_policy], -1), -1) - q_data)[:, :conservative_rows]
         loss = td_loss + cfg.cql_alpha * gap.mean(-1).sum()
         self.critic_optim.zero_grad(set_to_none=True)
         loss.backward()

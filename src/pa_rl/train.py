@@ -69,6 +69,10 @@ class TrainConfig:
     # offline-data rows ("offline"; the critic still trains on both). A candidate fix for online
     # collapse (BENCHMARKS.md, stability): the policy then never imitates at states its own π̂ visited.
     online_distill_states: Literal["all", "offline"] = "all"
+    # The rows of an online batch the conservative (CQL/Cal-QL) term sees: all, or the offline data's only
+    # ("offline"; TD still trains on both). A candidate fix for online collapse: the term then keeps
+    # raising Q at the data set's actions, not at the actions π̂ itself chose online.
+    online_conservative_states: Literal["all", "offline"] = "all"
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
     # Online env steps collected before the first online update (updates follow whole episodes, so
     # they start after the episode that crosses this count). Counted in steps, not episodes, so a
@@ -103,11 +107,13 @@ class TrainConfig:
                 "online_distill_utd", "sampler_max_staleness", at_least=0)
         if self.sampler not in ("sync", "async"):
             raise ValueError(f"sampler must be 'sync' or 'async', got {self.sampler!r}")
-        if self.online_distill_states not in ("all", "offline"):
-            raise ValueError(f"online_distill_states must be 'all' or 'offline', got {self.online_distill_states!r}")
-        if self.online_distill_states == "offline" and (self.sampler == "async" or self.mixing_ratio == 0):
-            raise ValueError("online_distill_states 'offline' needs offline rows in online batches (mixing_ratio > 0) "
-                             f"and sampler 'sync'; got mixing_ratio {self.mixing_ratio}, sampler {self.sampler!r}")
+        for name in ("online_distill_states", "online_conservative_states"):
+            states = getattr(self, name)
+            if states not in ("all", "offline"):
+                raise ValueError(f"{name} must be 'all' or 'offline', got {states!r}")
+            if states == "offline" and (self.sampler == "async" or self.mixing_ratio == 0):
+                raise ValueError(f"{name} 'offline' needs offline rows in online batches (mixing_ratio > 0) and "
+                                 f"sampler 'sync'; got mixing_ratio {self.mixing_ratio}, sampler {self.sampler!r}")
         if 0 < self.online_env_steps <= self.warmup_env_steps:
             raise ValueError(f"warmup_env_steps ({self.warmup_env_steps}) must be below online_env_steps "
                              f"({self.online_env_steps}): no online update would ever run")
@@ -373,9 +379,13 @@ class Trainer:
         size = self.config.batch_size
         if len(self.online) == 0:
             return [(self.offline, self.offline.draw_index(size, self.generator))]
-        n_offline = round(size * self.config.mixing_ratio)
-        return [(self.offline, self.offline.draw_index(n_offline, self.generator)),
-                (self.online, self.online.draw_index(size - n_offline, self.generator))]
+        return [(self.offline, self.offline.draw_index(self._offline_rows, self.generator)),
+                (self.online, self.online.draw_index(size - self._offline_rows, self.generator))]
+
+    @property
+    def _offline_rows(self) -> int:
+        """How many rows of a mixed online batch come from the offline data (they come first)."""
+        return round(self.config.batch_size * self.config.mixing_ratio)
 
     def _batch(self) -> Batch:
         return batch_of(self._batch_index()) if self.sampler is None else self.sampler.batch()
@@ -559,16 +569,17 @@ class Trainer:
             distill_updates = 0
         if self.sampler is not None:
             self.sampler.begin(self._batch_index, max(critic_updates, distill_updates))
+        conservative_rows = self._offline_rows if self.config.online_conservative_states == "offline" else None
         for i in range(max(critic_updates, distill_updates)):
             if self.config.online_distill_states == "offline" and i < distill_updates:
                 parts = self._batch_index()
-                metrics = self.agent.update(batch_of(parts), distill=False) if i < critic_updates else {}
-                metrics.update(self.agent.distill(batch_of(parts[:1])))  # the offline rows come first
+                metrics = self.agent.update(batch_of(parts), False, conservative_rows) if i < critic_updates else {}
+                metrics.update(self.agent.distill(batch_of(parts[:1])))
                 self._after_update("online", metrics, None)
                 continue
             batch = self._batch()
             if i < critic_updates:
-                metrics = self.agent.update(batch, distill=i < distill_updates)
+                metrics = self.agent.update(batch, i < distill_updates, conservative_rows)
             else:
                 metrics = self.agent.distill(batch)
             self._after_update("online", metrics, None)
