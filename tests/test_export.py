@@ -76,23 +76,27 @@ def observation(spec: object, rng: np.random.Generator, instruction: str = "push
             "arm": torch.from_numpy(rng.normal(size=3).astype(np.float32))}
 
 
-def make_agent(name: str, spec: object = 4, chunk: int = 1, gate: bool = False) -> Agent:
+def make_agent(name: str, spec: object = 4, chunk: int = 1, variant: str = "") -> Agent:
+    """``variant``: "gate" (the agreement gate), "target" (π̂ acts with the target critic), or ""."""
     policy = make_policy(name, spec, LOW, HIGH, SMALL_POLICY_CONFIGS[name], chunk)
-    optimizer = dataclasses.replace(OPTIMIZER, agreement_gate=gate)
-    agent = Agent(policy, spec, LOW, HIGH, AgentConfig(chunk=chunk, critic=CRITIC, optimizer=optimizer))
-    with torch.no_grad():  # trained-looking weights: the policy and critic both matter for the choice
+    optimizer = dataclasses.replace(OPTIMIZER, agreement_gate=variant == "gate")
+    config = AgentConfig(chunk=chunk, critic=CRITIC, optimizer=optimizer,
+                         act_critic="target" if variant == "target" else "critic")
+    agent = Agent(policy, spec, LOW, HIGH, config)
+    with torch.no_grad():  # trained-looking weights (critic and target apart): policy and critic both matter
         for param in agent.parameters():
             param.add_(0.3 * torch.randn_like(param))
     return agent
 
 
-@pytest.mark.parametrize(("name", "spec", "chunk", "gate"), [
-    ("diffusion", 4, 1, False), ("flow", 4, 3, False), ("gaussian", 4, 1, True), ("token", 4, 2, False),
-    ("diffusion", PIXELS, 1, False),
-], ids=["diffusion", "flow-chunk3", "gaussian-agreement-gate", "token-chunk2", "diffusion-images-text"])
-def test_the_program_gives_act_s_action_in_plain_torch(name: str, spec: object, chunk: int, gate: bool,
+@pytest.mark.parametrize(("name", "spec", "chunk", "variant"), [
+    ("diffusion", 4, 1, ""), ("flow", 4, 3, ""), ("gaussian", 4, 1, "gate"), ("token", 4, 2, ""),
+    ("diffusion", PIXELS, 1, ""), ("diffusion", 4, 1, "target"),
+], ids=["diffusion", "flow-chunk3", "gaussian-agreement-gate", "token-chunk2", "diffusion-images-text",
+        "diffusion-acting-with-the-target-critic"])
+def test_the_program_gives_act_s_action_in_plain_torch(name: str, spec: object, chunk: int, variant: str,
                                                        tmp_path: Path) -> None:
-    agent = make_agent(name, spec, chunk, gate)
+    agent = make_agent(name, spec, chunk, variant)
     exported = export_agent(agent, tmp_path / "out", calls=3)
     assert exported.path == tmp_path / "out" / "policy.pt2" and exported.latency_ms > 0
     rng = np.random.default_rng(0)
@@ -103,7 +107,7 @@ def test_the_program_gives_act_s_action_in_plain_torch(name: str, spec: object, 
     for a, b in zip(got, expected):
         assert torch.equal(a, b), (a, b)
     assert len({tuple(a.flatten().tolist()) for a in got}) > 1  # the observations matter
-    if not gate:  # the local steps are in the program: with them off, π̂ (best of N) chooses other actions
+    if variant != "gate":  # the local steps are in the program: with them off, π̂ (best of N) chooses other actions
         agent.action_optimizer.config = dataclasses.replace(OPTIMIZER, local_steps=0)
         assert not all(torch.equal(a, b) for a, b in zip(got, agent_actions(agent, observations)))
     info = json.loads((tmp_path / "out" / "export.json").read_text())

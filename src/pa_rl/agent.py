@@ -165,6 +165,11 @@ class Agent(nn.Module):
         """π̂'s candidates at ``obs``; ``samples`` are cached policy draws to use instead of new ones."""
         return self.action_optimizer(self.policy, critic or self.critic, obs, samples)
 
+    @property
+    def acting_critic(self) -> QEnsemble:
+        """The critic whose ranking π̂ acts by (``AgentConfig.act_critic``)."""
+        return self.target_critic if self.config.act_critic == "target" else self.critic
+
     def sample_policy(self, obs: Obs) -> torch.Tensor:
         """The optimizer's N draws of the base policy, flat ``[B, N, H·A]`` (what a sample cache stores)."""
         return sample_actions(self.policy, obs, self.config.optimizer.num_samples, self.action_shape)
@@ -183,8 +188,7 @@ class Agent(nn.Module):
             actions = sample_actions(self.policy, obs_t, 1, self.action_shape)[:, 0]
             actions = torch.maximum(torch.minimum(actions, self.chunk_high), self.chunk_low)
         else:
-            critic = self.target_critic if self.config.act_critic == "target" else self.critic
-            actions = self.optimize_actions(obs_t, critic=critic).choose(mode)
+            actions = self.optimize_actions(obs_t, critic=self.acting_critic).choose(mode)
         actions = self.shaped(actions)
         return actions[0] if single else actions
 

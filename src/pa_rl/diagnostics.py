@@ -132,7 +132,7 @@ class CriticDiagnostic:
                 states, _ = to_tensor(stack_obs([obs[i] for i in at_branch]), agent.obs_spec, agent.device)
                 samples = agent.sample_policy(states)
                 with torch.no_grad():
-                    values = agent.action_optimizer.value(agent.critic, states, samples)  # [M, N]
+                    values = agent.action_optimizer.value(agent.acting_critic, states, samples)  # [M, N]
                 best = values.argmax(-1)
                 other = (best + torch.randint(1, values.shape[1], best.shape, device=best.device)) % values.shape[1]
                 rows = torch.arange(len(at_branch), device=best.device)

@@ -76,7 +76,7 @@ def trace(agent: Agent, example: Obs) -> torch.export.ExportedProgram:
 
     def act(obs: Obs) -> torch.Tensor:
         batch = map_obs(lambda tensor: tensor[None], obs)
-        return frozen.shaped(frozen.optimize_actions(batch).choose("argmax"))[0]
+        return frozen.shaped(frozen.optimize_actions(batch, critic=frozen.acting_critic).choose("argmax"))[0]
 
     graph = make_fx(act)(example)
     return torch.export.export(graph, (example,))
