@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
@@ -213,21 +212,22 @@ def test_calql_keeps_policy_values_above_the_monte_carlo_bound_where_cql_does_no
     assert policy_values["cql"] < mc - 0.3, (policy_values, mc)
 
 
-def test_conservative_rows_leave_the_other_rows_to_td_alone() -> None:
+def test_the_conservative_term_can_see_the_data_rows_only() -> None:
     """Cal-QL's bound (the rows' Monte-Carlo returns) enters the update through the conservative term
-    only: raising it on rows past ``conservative_rows`` changes nothing, raising it on all rows does."""
+    only: with ``conservative_states`` 'data', raising it on rows past ``data_rows`` changes nothing;
+    on every row (``conservative_states`` 'all'), it does."""
     buffer = ReplayBuffer.from_episodes(chain_episodes(50, np.random.default_rng(0)), gamma=0.9)
     batch = buffer.sample(32, torch.Generator().manual_seed(0))
     lifted = dataclasses.replace(batch, mc_returns=torch.cat([batch.mc_returns[:20], torch.full((12,), 50.0)]))
-    config = AgentConfig(objective="calql", cql_alpha=1.0, critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
-                         optimizer=OptimizerConfig(num_samples=4, top_k=2, local_steps=1))
-    torch.manual_seed(0)
-    agent = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
     weights = {}
-    for name, rows, data in (("base", 20, batch), ("lifted", 20, lifted), ("all rows", None, lifted)):
-        twin = copy.deepcopy(agent)
+    for name, states, data in (("base", "data", batch), ("lifted", "data", lifted), ("all rows", "all", lifted)):
+        config = AgentConfig(objective="calql", cql_alpha=1.0, conservative_states=states,
+                             critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
+                             optimizer=OptimizerConfig(num_samples=4, top_k=2, local_steps=1))
+        torch.manual_seed(0)
+        twin = Agent(UniformPolicy(1), 2, -ONE, ONE, config)
         torch.manual_seed(1)
-        twin.update(data, conservative_rows=rows)
+        twin.update(data, data_rows=20)
         weights[name] = torch.cat([p.detach().flatten() for p in twin.critic.parameters()])
     assert torch.equal(weights["base"], weights["lifted"])
     assert not torch.equal(weights["base"], weights["all rows"])

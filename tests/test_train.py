@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -92,15 +94,37 @@ def test_online_distillation_can_fit_the_offline_rows_only() -> None:
         TrainConfig(online_distill_states="offline", mixing_ratio=0.0)
 
 
-def test_the_conservative_term_can_see_the_offline_rows_only() -> None:
-    """online_conservative_states 'offline': every online critic step passes the offline row count."""
+def test_online_updates_tell_the_agent_which_rows_are_offline_data() -> None:
+    """Online batches hold round(B · mixing_ratio) offline-data rows first: every update is told so."""
     agent = small_agent("flow")
     rows, update = [], agent.update
-    agent.update = lambda batch, distill=False, conservative_rows=None: (
-        rows.append((len(batch), conservative_rows)) or update(batch, distill, conservative_rows))
+    agent.update = lambda batch, distill=False, data_rows=None: (
+        rows.append((len(batch), data_rows)) or update(batch, distill, data_rows))
     config = TrainConfig(batch_size=16, bc_steps=0, offline_steps=0, online_env_steps=40, mixing_ratio=0.75,
-                         online_conservative_states="offline", eval_episodes=1, diagnostic_pairs=0, progress=False)
+                         eval_episodes=1, diagnostic_pairs=0, progress=False)
     train(agent, collect_episodes(10, seed=2), lambda: gym.make("pa_rl/PointGoal-v0"), config)
-    assert rows and set(rows) == {(16, 12)}  # the batch's first round(16 · 0.75) rows are the offline data's
-    with pytest.raises(ValueError, match="online_conservative_states 'offline' needs"):
-        TrainConfig(online_conservative_states="offline", sampler="async")
+    assert rows and set(rows) == {(16, 12)}
+    agent = Agent(agent.policy, 2, LOW, HIGH, dataclasses.replace(agent.config, conservative_states="data"))
+    with pytest.raises(ValueError, match="conservative_states 'data' needs"):
+        train(agent, collect_episodes(2, seed=2), lambda: gym.make("pa_rl/PointGoal-v0"),
+              TrainConfig(online_env_steps=10, mixing_ratio=0.0))
+
+
+def test_the_data_anchor_adds_the_data_rows_actions_to_distillation() -> None:
+    """distill_data_anchor: the policy's loss sees the chosen targets and, as extra rows, the data
+    actions of the batch's data rows; without it, the targets alone."""
+    from pa_rl.buffer import Batch
+
+    seen = []
+    for anchor in (False, True):
+        agent = small_agent("flow")
+        agent.config = dataclasses.replace(agent.config, distill_data_anchor=anchor)
+        loss = agent.policy.loss
+        agent.policy.loss = lambda obs, actions: seen.append((obs, actions)) or loss(obs, actions)
+        obs, actions = torch.randn(10, 2), torch.rand(10, 2) * 2 - 1
+        batch = Batch(obs, actions, torch.zeros(10), torch.randn(10, 2), torch.zeros(10), torch.zeros(10),
+                      torch.full((10,), 0.99))
+        agent.update(batch, distill=True, data_rows=6)
+    (plain_obs, plain), (anchored_obs, anchored) = seen
+    assert len(plain) == 10 and len(anchored) == 16
+    assert torch.equal(anchored_obs[10:], obs[:6]) and torch.equal(anchored[10:], actions[:6])

@@ -20,7 +20,7 @@ from torch import nn
 from pa_rl.buffer import Batch
 from pa_rl.critic import CriticConfig, QEnsemble, make_target, polyak_update
 from pa_rl.encoders import EncoderConfig, make_encoder
-from pa_rl.observations import Obs, ObsSpec, cat_obs, to_tensor
+from pa_rl.observations import Obs, ObsSpec, cat_obs, map_obs, to_tensor
 from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerConfig, sample_actions
 from pa_rl.policies.base import Policy
 from pa_rl.validation import require
@@ -60,6 +60,15 @@ class AgentConfig:
     distill_choice: ChooseMode = "softmax"
     distill_temperature: float = 1.0
     distill_with_data_action: bool = True  # the data set action replaces the worst candidate
+    # Each distillation step also fits the policy to the data set's own actions at the batch's
+    # data-set rows (the offline data's, see ``update``'s data_rows), as extra rows of the same loss.
+    # Without it, where the critic cannot tell the candidates apart, the targets are the policy's own
+    # samples and distillation feeds the policy its own output: a 5-step diffusion policy, whose samples
+    # are smaller than the data's, then shrinks its actions step after step (BENCHMARKS.md, stability).
+    distill_data_anchor: bool = False
+    # The rows the conservative (CQL/Cal-QL) term sees: all, or only the data set's ("data": online,
+    # the term then keeps raising Q at the data set's actions, not at actions π̂ chose itself).
+    conservative_states: Literal["all", "data"] = "all"
     # The critic that ranks π̂'s candidates when acting (evaluation, online collection): the learned one,
     # or its Polyak average ("target"), whose ranking averages out the last ≈ 1/τ updates' noise.
     act_critic: Literal["critic", "target"] = "critic"
@@ -214,19 +223,20 @@ class Agent(nn.Module):
         lr = cfg.bc_lr * min(1.0, self.bc_steps_done / max(cfg.bc_warmup_steps, 1))
         return {"bc/loss": self._policy_step(lambda: self.policy.loss(batch.obs, self.shaped(batch.actions)), lr)}
 
-    def update(self, batch: Batch, distill: bool = False, conservative_rows: int | None = None
-               ) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch, distill: bool = False, data_rows: int | None = None) -> dict[str, torch.Tensor]:
         """One critic step (and optionally one policy step, see ``policy_improvement``) on ``batch``;
-        ``conservative_rows``: only the batch's first rows enter the CQL/Cal-QL term (all by default).
+        ``data_rows``: how many of its first rows come from the offline data set (all when None; online
+        batches mix in the agent's own transitions after them).
 
         Metrics are 0-d tensors, read (one host sync each) only when someone logs them."""
         if self.config.objective == "iql":
             metrics, candidates = self._iql_critic_step(batch), None
         else:
-            metrics, candidates = self._cql_critic_step(batch, conservative_rows)  # π̂'s candidates at s, data action values
+            conservative_rows = data_rows if self.config.conservative_states == "data" else None
+            metrics, candidates = self._cql_critic_step(batch, conservative_rows)  # π̂'s candidates, data values
         polyak_update(self.target_critic, self.critic, self.config.tau)
         if distill:
-            metrics.update(self._improve_policy(batch, candidates))
+            metrics.update(self._improve_policy(batch, candidates, data_rows))
         return metrics
 
     def _target_values(self, next_obs: Obs, next_actions: torch.Tensor) -> torch.Tensor:
@@ -318,22 +328,25 @@ class Agent(nn.Module):
         """Target critic ← critic (after :meth:`fit_returns`)."""
         polyak_update(self.target_critic, self.critic, 1.0)
 
-    def distill(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One policy step alone (for PA-RL: distillation, action optimization included)."""
-        return self._improve_policy(batch, None)
+    def distill(self, batch: Batch, data_rows: int | None = None) -> dict[str, torch.Tensor]:
+        """One policy step alone (for PA-RL: distillation, action optimization included); ``data_rows`` as
+        in :meth:`update`."""
+        return self._improve_policy(batch, None, data_rows)
 
-    def _improve_policy(self, batch: Batch, candidates: tuple[Candidates, torch.Tensor] | None
-                        ) -> dict[str, torch.Tensor]:
+    def _improve_policy(self, batch: Batch, candidates: tuple[Candidates, torch.Tensor] | None,
+                        data_rows: int | None) -> dict[str, torch.Tensor]:
         mode = self.config.policy_improvement
         if mode == "reparam":
             return self._reparam_step(batch)
         if mode == "awr":
             return self._awr_step(batch)
-        return self._distill_step(batch, candidates)
+        return self._distill_step(batch, candidates, data_rows)
 
-    def _distill_step(self, batch: Batch, scored: tuple[Candidates, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """Fit the policy, with its own loss, to actions chosen from the optimized candidates; ``scored``:
-        the critic step's candidates and data-action values, computed here when not given."""
+    def _distill_step(self, batch: Batch, scored: tuple[Candidates, torch.Tensor] | None, data_rows: int | None
+                      ) -> dict[str, torch.Tensor]:
+        """Fit the policy, with its own loss, to actions chosen from the optimized candidates (and, with
+        ``distill_data_anchor``, to the data set's actions at its rows); ``scored``: the critic step's
+        candidates and data-action values, computed here when not given."""
         cfg = self.config
         if scored is None:
             candidates = self.optimize_actions(batch.obs, batch.policy_samples)
@@ -345,7 +358,12 @@ class Agent(nn.Module):
         if cfg.distill_with_data_action:
             candidates = candidates.with_action(batch.actions, data_values)
         targets = candidates.choose(cfg.distill_choice, cfg.distill_temperature)
-        loss = self._policy_step(lambda: self.policy.loss(batch.obs, self.shaped(targets)), cfg.distill_lr)
+        obs, fitted = batch.obs, targets
+        if cfg.distill_data_anchor:
+            rows = len(batch) if data_rows is None else data_rows
+            obs = cat_obs([obs, map_obs(lambda t: t[:rows], batch.obs)])
+            fitted = torch.cat([targets, batch.actions[:rows]])
+        loss = self._policy_step(lambda: self.policy.loss(obs, self.shaped(fitted)), cfg.distill_lr)
         # Drift: how far the targets lie from the data actions, and how often the data action is the target.
         return {"distill/loss": loss, "distill/target_drift": (targets - batch.actions).norm(dim=-1).mean(),
                 "distill/target_is_data": (targets == batch.actions).all(-1).float().mean()}

@@ -69,10 +69,6 @@ class TrainConfig:
     # offline-data rows ("offline"; the critic still trains on both). A candidate fix for online
     # collapse (BENCHMARKS.md, stability): the policy then never imitates at states its own π̂ visited.
     online_distill_states: Literal["all", "offline"] = "all"
-    # The rows of an online batch the conservative (CQL/Cal-QL) term sees: all, or the offline data's only
-    # ("offline"; TD still trains on both). A candidate fix for online collapse: the term then keeps
-    # raising Q at the data set's actions, not at the actions π̂ itself chose online.
-    online_conservative_states: Literal["all", "offline"] = "all"
     mixing_ratio: float = 0.5  # share of each online-phase batch drawn from the offline data
     # Online env steps collected before the first online update (updates follow whole episodes, so
     # they start after the episode that crosses this count). Counted in steps, not episodes, so a
@@ -107,13 +103,11 @@ class TrainConfig:
                 "online_distill_utd", "sampler_max_staleness", at_least=0)
         if self.sampler not in ("sync", "async"):
             raise ValueError(f"sampler must be 'sync' or 'async', got {self.sampler!r}")
-        for name in ("online_distill_states", "online_conservative_states"):
-            states = getattr(self, name)
-            if states not in ("all", "offline"):
-                raise ValueError(f"{name} must be 'all' or 'offline', got {states!r}")
-            if states == "offline" and (self.sampler == "async" or self.mixing_ratio == 0):
-                raise ValueError(f"{name} 'offline' needs offline rows in online batches (mixing_ratio > 0) and "
-                                 f"sampler 'sync'; got mixing_ratio {self.mixing_ratio}, sampler {self.sampler!r}")
+        if self.online_distill_states not in ("all", "offline"):
+            raise ValueError(f"online_distill_states must be 'all' or 'offline', got {self.online_distill_states!r}")
+        if self.online_distill_states == "offline" and (self.sampler == "async" or self.mixing_ratio == 0):
+            raise ValueError("online_distill_states 'offline' needs offline rows in online batches (mixing_ratio > 0) "
+                             f"and sampler 'sync'; got mixing_ratio {self.mixing_ratio}, sampler {self.sampler!r}")
         if 0 < self.online_env_steps <= self.warmup_env_steps:
             raise ValueError(f"warmup_env_steps ({self.warmup_env_steps}) must be below online_env_steps "
                              f"({self.online_env_steps}): no online update would ever run")
@@ -251,6 +245,8 @@ class Trainer:
             raise RunError(f"{self.run_dir} already holds a run; resume it or use a new folder")
         if resume and self.checkpoints is None:
             raise ValueError("resume=True needs the run_dir of the run to resume")
+        if agent.config.conservative_states == "data" and config.online_env_steps and config.mixing_ratio == 0:
+            raise ValueError("conservative_states 'data' needs offline-data rows in online batches: mixing_ratio > 0")
         self._eval_envs = [self.make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
         check_env(self._eval_envs[0], agent.obs_spec, low, high)
         chunk_dim = len(agent.chunk_low)
@@ -569,19 +565,19 @@ class Trainer:
             distill_updates = 0
         if self.sampler is not None:
             self.sampler.begin(self._batch_index, max(critic_updates, distill_updates))
-        conservative_rows = self._offline_rows if self.config.online_conservative_states == "offline" else None
+        rows = self._offline_rows
         for i in range(max(critic_updates, distill_updates)):
             if self.config.online_distill_states == "offline" and i < distill_updates:
                 parts = self._batch_index()
-                metrics = self.agent.update(batch_of(parts), False, conservative_rows) if i < critic_updates else {}
+                metrics = self.agent.update(batch_of(parts), False, rows) if i < critic_updates else {}
                 metrics.update(self.agent.distill(batch_of(parts[:1])))
                 self._after_update("online", metrics, None)
                 continue
             batch = self._batch()
             if i < critic_updates:
-                metrics = self.agent.update(batch, i < distill_updates, conservative_rows)
+                metrics = self.agent.update(batch, i < distill_updates, rows)
             else:
-                metrics = self.agent.distill(batch)
+                metrics = self.agent.distill(batch, rows)
             self._after_update("online", metrics, None)
         if self.sampler is not None and distill_updates:  # the end of a distillation block
             self.sampler.publish()
