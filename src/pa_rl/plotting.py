@@ -63,7 +63,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
                 points = series.get(name, [])
                 if points:
                     steps, values, _ = zip(*points)
-                    marker = "o" if name.startswith(("eval/", "diag/")) else None  # losses: a point per log line
+                    marker = "o" if name.startswith(("eval/", "diag/")) else "."  # losses: a dot per log line
                     ax.plot(steps, values, style, marker=marker, color=color,
                             label=f"{Path(run_dir).name}: {line_label}")
             if chance is not None:
