@@ -9,6 +9,7 @@ torch that `make install` pins, so the tests that import it run only where it is
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 from pa_rl.cli import main
 from pa_rl.data import DataError, dataset_info, load_dataset
 from pa_rl.observations import decode_text
+
+from helpers import TINY_TRAIN, kill_at_first_checkpoint
 
 av = pytest.importorskip("av")
 pa = pytest.importorskip("pyarrow")
@@ -247,14 +250,51 @@ def test_the_agent_trains_offline_on_lerobot_data(folder: Path) -> None:
     assert all(torch.isfinite(value).all() for value in metrics.values())
 
 
-def test_data_info_reads_a_lerobot_folder_and_train_says_it_has_no_environment(
+def test_data_info_reads_a_lerobot_folder_and_train_asks_for_no_online_budget(
         folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "info", f"lerobot:{folder}"]) in (0, None)
     shown = capsys.readouterr().out
     assert "observation/images/top" in shown and "push the block" in shown
+    # The cpu preset's online budget needs an environment, which LeRobot data do not record.
     assert main(["train", "--dataset", f"lerobot:{folder}", "--runs-dir", str(tmp_path), "--name", "r"]) == 2
-    assert "records no environment" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "online fine-tuning (online_env_steps=1000) needs an environment" in error
+    assert "--train.online-env-steps 0" in error
     assert not (tmp_path / "r").exists()
+
+
+def test_pa_rl_train_runs_offline_on_a_lerobot_folder_resumes_exactly_and_eval_says_there_is_no_env(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """BC → offline PA-RL from the command line on recorded data alone: killed at its first checkpoint and
+    resumed, it writes the uninterrupted run's metrics.csv, with the critic's held-out calibration and no
+    rollout metric; `pa-rl eval` has no environment to evaluate in."""
+    monkeypatch.chdir(tmp_path)
+    small = [option for name in ("diffusion", "agent") for option in (
+        f"--{name}.encoder.conv-channels", "4", f"--{name}.encoder.image-features", "8",
+        f"--{name}.encoder.text-features", "4")]
+    online = TINY_TRAIN.index("--train.online-env-steps") + 1
+    tiny = [*TINY_TRAIN[:online], "0", *TINY_TRAIN[online + 1:]]
+    # One of the three episodes held out; an evaluation mid-offline and at its end; a checkpoint mid-BC.
+    args = ["--dataset", f"lerobot:{folder},success=next.success", *tiny, *small, "--train.bc-steps", "40",
+            "--train.eval-every", "10", "--train.held-out-fraction", "0.34", "--train.checkpoint-every", "10",
+            "--train.log-every", "5"]
+    kill_at_first_checkpoint(["--name", "killed", *args], tmp_path / "runs" / "killed")
+    assert main(["train", "--resume", "runs/killed"]) == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert main(["train", "--name", "whole", *args]) == 0
+    out = capsys.readouterr().out
+    assert "| offline PA-RL |" in out and "success, return and the critic's ranking by rollout were not measured" in out
+    run = tmp_path / "runs" / "whole"
+    for name in ("metrics.csv", "checkpoints/final.safetensors"):
+        assert (tmp_path / "runs" / "killed" / name).read_bytes() == (run / name).read_bytes(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert {int(r["step"]) for r in rows if r["metric"] == "diag/q_mc_spearman"} == {50, 60}
+    assert not [r for r in rows if r["metric"].startswith(("eval/", "diag/rank"))]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["environment"] is False and summary["env_steps"] == 0 and summary["bc"] == {}
+    assert (run / "curves.png").is_file()
+    assert main(["eval", str(run)]) == 2
+    assert "records no environment: there is none to evaluate in" in capsys.readouterr().err
 
 
 def broken(folder: Path, tmp_path: Path, edit) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 
 import gymnasium as gym
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 import pa_rl
 from pa_rl import Agent, AgentConfig, CriticConfig, OptimizerConfig, TrainConfig, make_policy, train
 from pa_rl.envs.point_goal import collect_episodes
+from pa_rl.plotting import plot_runs
 
 from helpers import SMALL_POLICY_CONFIGS
 
@@ -128,3 +131,32 @@ def test_the_data_anchor_adds_the_data_rows_actions_to_distillation() -> None:
     (plain_obs, plain), (anchored_obs, anchored) = seen
     assert len(plain) == 10 and len(anchored) == 16
     assert torch.equal(anchored_obs[10:], obs[:6]) and torch.equal(anchored[10:], actions[:6])
+
+
+def test_recorded_data_alone_train_bc_and_offline_and_log_the_critics_calibration(tmp_path) -> None:
+    """No environment: BC and offline PA-RL run, each evaluation logs the held-out calibration and nothing
+    a rollout would measure, and the summary says so instead of reporting a success."""
+    agent = small_agent("flow")
+    policy, critic = ([p.detach().clone() for p in m.parameters()] for m in (agent.policy, agent.critic))
+    config = TrainConfig(batch_size=16, bc_steps=10, offline_steps=10, online_env_steps=0, eval_every=5,
+                         held_out_fraction=0.2, log_every=5, progress=False)
+    result = train(agent, collect_episodes(10, seed=2), None, config, run_dir=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    calibration = [(int(r["step"]), r["metric"]) for r in rows if r["metric"].startswith("diag/q_mc_")]
+    assert calibration == [(step, name) for step in (15, 20) for name in ("diag/q_mc_bias", "diag/q_mc_spearman")]
+    assert not [r for r in rows if r["metric"].startswith(("eval/", "diag/rank"))]
+    assert {r["phase"] for r in rows} == {"bc", "offline"}
+    assert result.summary["environment"] is False and result.summary["env_steps"] == 0
+    assert result.summary["bc"] == {} and set(result.summary["offline"]) == {
+        "diag/q_mc_bias", "diag/q_mc_spearman", "diag/q_mean", "diag/mc_mean"}
+    assert json.loads((tmp_path / "summary.json").read_text())["offline"] == result.summary["offline"]
+    assert any(not torch.equal(a, b) for a, b in zip(policy, agent.policy.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+    assert plot_runs([tmp_path], tmp_path / "curves.png").stat().st_size > 1000  # losses and the diagnostic
+
+
+def test_an_online_budget_without_an_environment_is_refused_naming_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"online fine-tuning \(online_env_steps=40\) needs an environment.*"
+                                         r"--train\.online-env-steps 0"):
+        train(small_agent("flow"), collect_episodes(10, seed=2), None,
+              TrainConfig(batch_size=16, bc_steps=5, offline_steps=5, online_env_steps=40, progress=False))

@@ -116,7 +116,8 @@ def _train_locked(config: RunConfig, resume: bool, trust_env: Sequence[str]) -> 
     run_dir = config.run_dir
     data = run_dataset(run_dir, trust_env) if resume else resolve_dataset(config, trust_env)
     agent = build_agent(config, data)
-    trainer = Trainer(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+    make_env = (lambda: data.make_env(eval_env=True)) if data.records_env else None  # None: BC and offline only
+    trainer = Trainer(agent, data.episodes, make_env, config.train, run_dir, resume)
     if not resume:  # only once the agent, buffers and environment are built: a resume replays it
         write_config(config, data)
     print(f"run {run_dir}: {config.policy} policy, {config.agent.objective} critic, {data.dataset_id} "
@@ -129,14 +130,27 @@ def _train_locked(config: RunConfig, resume: bool, trust_env: Sequence[str]) -> 
 
 
 def summary_table(summary: dict) -> str:
-    """Success and return per phase, for the base policy and for PA-RL's action selection."""
-    rows = ["| after | policy | success | return |", "|---|---|---|---|"]
-    for phase, label in (("bc", "BC pre-training"), ("offline", "offline PA-RL"), ("online", "online fine-tuning")):
-        for mode, mode_label in (("policy", "base policy"), ("pa_rl", "PA-RL π̂ (argmax)")):
+    """Success and return per phase, for the base policy and for PA-RL's action selection; for a run
+    without an environment, which measured neither, the critic's calibration on held-out episodes."""
+    phases = (("bc", "BC pre-training"), ("offline", "offline PA-RL"), ("online", "online fine-tuning"))
+    if summary.get("environment", True):
+        rows = ["| after | policy | success | return |", "|---|---|---|---|"]
+        for phase, label in phases:
+            for mode, mode_label in (("policy", "base policy"), ("pa_rl", "PA-RL π̂ (argmax)")):
+                metrics = summary.get(phase, {})
+                if f"eval/{mode}_success" in metrics:
+                    rows.append(f"| {label} | {mode_label} | {metrics[f'eval/{mode}_success']:.0%} "
+                                f"| {metrics[f'eval/{mode}_return']:.1f} |")
+    else:
+        rows = ["| after | Q held out | Monte-Carlo return | Q − return | rank corr. |", "|---|---|---|---|---|"]
+        for phase, label in phases:
             metrics = summary.get(phase, {})
-            if f"eval/{mode}_success" in metrics:
-                rows.append(f"| {label} | {mode_label} | {metrics[f'eval/{mode}_success']:.0%} "
-                            f"| {metrics[f'eval/{mode}_return']:.1f} |")
+            if "diag/q_mc_bias" in metrics:
+                rows.append(f"| {label} | {metrics['diag/q_mean']:.3g} | {metrics['diag/mc_mean']:.3g} "
+                            f"| {metrics['diag/q_mc_bias']:.3g} | {metrics['diag/q_mc_spearman']:.2f} |")
+        held_out = "" if len(rows) > 2 else " (nor the calibration: no episodes were held out)"
+        rows.append(f"\nno environment: success, return and the critic's ranking by rollout were not "
+                    f"measured{held_out}")
     rows.append(f"\nwall clock {summary['wall_clock_s'] / 60:.1f} min, {summary['updates']} updates "
                 f"({summary['updates_per_s']:.1f}/s), {summary['env_steps']} online env steps")
     return "\n".join(rows)
@@ -159,9 +173,13 @@ def _eval(argv: Sequence[str]) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     from pa_rl.evaluation import evaluate, record_video
-    from pa_rl.runs import load_run
+    from pa_rl.runs import RunError, load_run
 
     config, data, agent = load_run(args.run, args.device, args.trust_env)
+    if not data.records_env:
+        raise RunError(f"run {args.run} was trained on {data.dataset_id}, which records no environment: there is "
+                       "none to evaluate in. What the run measured offline (the critic's held-out calibration, "
+                       "diag/q_mc_*) is in its metrics.csv and summary.json")
     act = lambda obs: agent.act(obs, args.mode).cpu().numpy()  # noqa: E731
     envs = [data.make_env(eval_env=True) for _ in range(min(args.episodes, 20))]
     seeds = [20_000 + args.seed * 1_000 + i for i in range(args.episodes)]

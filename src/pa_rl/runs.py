@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from pa_rl.agent import Agent, AgentConfig
 from pa_rl.checkpoint import write_atomically
 from pa_rl.data import LoadedDataset, available_datasets, load_dataset, make_dataset
+from pa_rl.data.lerobot_io import LeRobotSource, is_lerobot_name
 from pa_rl.data.minari_io import datasets_root
 from pa_rl.policies import DiffusionConfig, FlowConfig, GaussianConfig, HFConfig, TokenConfig, make_policy
 from pa_rl.train import RunError, TrainConfig, seed_everything, to_jsonable
@@ -210,13 +211,14 @@ def run_dataset(run_dir: Path, trust_env: Sequence[str] = ()) -> LoadedDataset:
     if recorded is None:
         raise RunError(f"{run_dir}/config.json records no fingerprint of its data (written by an older pa-rl): "
                        "its data cannot be checked, so it cannot be resumed; start a new run")
-    if not Path(recorded["path"]).is_dir():
-        raise RunError(f"the data set of run {run_dir}, {recorded['path']}, is gone: restore it there to resume")
-    data = load_dataset(recorded["path"], trust_env)
+    path = recorded["path"]  # a folder, or lerobot:FOLDER[,OPTIONS] (the options say how its rewards are read)
+    if not (LeRobotSource.parse(path).folder if is_lerobot_name(path) else Path(path)).is_dir():
+        raise RunError(f"the data set of run {run_dir}, {path}, is gone: restore it there to resume")
+    data = load_dataset(path, trust_env)
     changed = [f"{key} (run {recorded[key]!r}, now {value!r})" for key, value in data.fingerprint().items()
                if recorded[key] != value]
     if changed:
-        raise RunError(f"the data set {recorded['path']} differs from the one run {run_dir} was trained on: "
+        raise RunError(f"the data set {path} differs from the one run {run_dir} was trained on: "
                        f"{'; '.join(changed)}. Restore the original data, or start a new run on these")
     return data
 

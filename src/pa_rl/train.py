@@ -231,12 +231,21 @@ class Trainer:
     With a ``run_dir`` it writes metrics there and checkpoints to ``run_dir/checkpoints``; with
     ``resume=True`` it continues from the newest valid checkpoint there, and a resumed run on
     CPU produces the same metrics as an uninterrupted one.
+
+    ``make_env=None`` trains on recorded data alone (BC and offline RL; e.g. a LeRobotDataset, which
+    records no environment): evaluations then measure only what needs no rollout, the critic's
+    calibration on held-out episodes, and never report a success or return.
     """
 
-    def __init__(self, agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env],
+    def __init__(self, agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env] | None,
                  config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> None:
+        if make_env is None and config.online_env_steps:
+            raise ValueError(f"online fine-tuning (online_env_steps={config.online_env_steps}) needs an environment, "
+                             "and these data come without one (a LeRobotDataset or another data set that records "
+                             "none, or make_env=None): train BC and offline RL only with --train.online-env-steps 0 "
+                             "(Python: TrainConfig(online_env_steps=0))")
         self.agent, self.config = agent, config
-        self.make_env = lambda: adapt_env(make_env(), agent.obs_spec)
+        self.make_env = None if make_env is None else lambda: adapt_env(make_env(), agent.obs_spec)
         low, high = agent.action_low.cpu().numpy(), agent.action_high.cpu().numpy()
         check_episodes(episodes, agent.obs_spec, low, high, chunk=agent.config.chunk)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -247,8 +256,10 @@ class Trainer:
             raise ValueError("resume=True needs the run_dir of the run to resume")
         if agent.config.conservative_states == "data" and config.online_env_steps and config.mixing_ratio == 0:
             raise ValueError("conservative_states 'data' needs offline-data rows in online batches: mixing_ratio > 0")
-        self._eval_envs = [self.make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
-        check_env(self._eval_envs[0], agent.obs_spec, low, high)
+        self._eval_envs: list[gym.Env] = []
+        if self.make_env is not None:
+            self._eval_envs = [self.make_env() for _ in range(min(config.eval_episodes, config.eval_parallel))]
+            check_env(self._eval_envs[0], agent.obs_spec, low, high)
         chunk_dim = len(agent.chunk_low)
         # Never more slots than the online phase can fill: each step takes at most two (its own, an episode end).
         online_slots = min(config.online_buffer_size, 2 * config.online_env_steps) or 2
@@ -266,6 +277,10 @@ class Trainer:
         self.offline = ReplayBuffer.from_episodes(episodes, gamma, device=agent.device, floor_reward=self.floor_reward,
                                                   horizon=horizon, chunk=chunk, obs_spec=agent.obs_spec)
         self.diagnostic = CriticDiagnostic(held_out, gamma, self.floor_reward, seed=config.seed, chunk=chunk)
+        if self.make_env is None and self.diagnostic.held_out is None:
+            log.warning("no environment and no held-out episodes (held_out_fraction %g of %d episodes): this run "
+                        "measures nothing but its training losses; raise held_out_fraction to check its critic",
+                        config.held_out_fraction, len(episodes) + len(held_out))
         self._diagnostic_envs: list[gym.Env] = []
         self.online = ReplayBuffer(online_slots, agent.obs_spec, chunk_dim, agent.device, horizon, chunk)
         self.progress = Progress()
@@ -409,11 +424,12 @@ class Trainer:
     def evaluate(self, phase: str, modes: Sequence[tuple[str, ActMode]] = (("pa_rl", "argmax"), ("policy", "policy"))
                  ) -> dict[str, float]:
         """Success and return of the PA-RL policy π̂ (argmax) and of the raw base policy; once a
-        critic is being trained, the critic diagnostic too (:mod:`pa_rl.diagnostics`)."""
+        critic is being trained, the critic diagnostic too (:mod:`pa_rl.diagnostics`). Without an
+        environment only the diagnostic's held-out calibration: nothing else can be measured."""
         cfg = self.config
         seeds = [10_000 + cfg.seed * 1_000 + i for i in range(cfg.eval_episodes)]
         metrics: dict[str, float] = {}
-        for label, mode in modes:
+        for label, mode in modes if self.make_env is not None else ():
             result = evaluate(self._eval_envs, lambda obs, mode=mode: self.agent.act(obs, mode).cpu().numpy(), seeds,
                               cfg.max_episode_steps)
             metrics.update({f"eval/{label}_{key}": value for key, value in result.items()})
@@ -423,10 +439,10 @@ class Trainer:
         return metrics
 
     def diagnose(self) -> dict[str, float]:
-        """The critic's calibration on held-out episodes and its ranking by rollout."""
+        """The critic's calibration on held-out episodes and, with an environment, its ranking by rollout."""
         cfg = self.config
         metrics = self.diagnostic.calibration(self.agent)
-        if cfg.diagnostic_pairs:
+        if cfg.diagnostic_pairs and self.make_env is not None:
             if not self._diagnostic_envs:
                 self._diagnostic_envs = [self.make_env() for _ in range(2 * cfg.diagnostic_pairs)]
             seeds = [20_000 + cfg.seed * 1_000 + i for i in range(cfg.diagnostic_pairs)]
@@ -612,7 +628,9 @@ class Trainer:
                 self.progress = dataclasses.replace(self.progress, phase=PHASES[PHASES.index(name) + 1], step=0)
                 self.save_checkpoint()
             progress = self._progress_now()
-            self.summary.update({"wall_clock_s": progress.elapsed_s, "updates": progress.updates,
+            # Whether success, return and the ranking by rollout were measured at all (summary[phase] holds what was).
+            self.summary.update({"environment": self.make_env is not None,
+                                 "wall_clock_s": progress.elapsed_s, "updates": progress.updates,
                                  "env_steps": progress.env_steps,
                                  "updates_per_s": progress.updates / progress.elapsed_s if progress.elapsed_s else 0.0})
             if self.run_dir is not None:
@@ -645,9 +663,10 @@ def _numpy_state_from_tensors(state: tuple) -> tuple:
     return (state[0], state[1].numpy().astype(np.uint32), *state[2:])
 
 
-def train(agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env],
+def train(agent: Agent, episodes: Sequence[Episode], make_env: Callable[[], gym.Env] | None = None,
           config: TrainConfig | None = None, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Pre-train ``agent.policy`` by BC on ``episodes``, then offline PA-RL, then online fine-tuning
     in envs from ``make_env``; returns the summary and every evaluation. ``resume=True`` continues
-    the run in ``run_dir`` from its newest valid checkpoint."""
+    the run in ``run_dir`` from its newest valid checkpoint. Without ``make_env`` (data that record
+    no environment) the run needs ``online_env_steps=0`` and evaluates the critic's held-out calibration only."""
     return Trainer(agent, episodes, make_env, config or TrainConfig(), run_dir, resume).run()

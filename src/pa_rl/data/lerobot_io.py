@@ -16,7 +16,8 @@ The layout, as lerobot writes it (``lerobot/datasets/utils.py``, ``lerobot_datas
 
 Nothing of lerobot is imported: parquet is read with ``pyarrow``, video decoded with PyAV (``av``),
 both in the ``pa-rl[lerobot-data]`` extra. A folder is named ``lerobot:PATH[,OPTION=VALUE...]``
-(:class:`LeRobotSource`). LeRobot records no environment, so these data train offline only.
+(:class:`LeRobotSource`). LeRobot records no environment, so these data train offline only
+(BC and offline RL; ``Trainer`` with no env).
 """
 
 from __future__ import annotations
@@ -111,9 +112,14 @@ class LeRobotLoaded(LoadedDataset):
     def episode_successes(self) -> np.ndarray | None:
         return self.successes
 
+    @property
+    def records_env(self) -> bool:
+        return False
+
     def make_env(self, *, eval_env: bool = True, render_mode: str | None = None) -> Any:
         raise DataError(f"{self.dataset_id!r} is a LeRobotDataset, which records no environment to evaluate in or "
-                        "fine-tune online; train on it offline through the Python API (Agent.update on its episodes).")
+                        "fine-tune online; train on it offline: pa-rl train --dataset lerobot:PATH "
+                        "--train.online-env-steps 0 (Python: train(agent, data.episodes, None, config))")
 
 
 def load_lerobot(name: str) -> LeRobotLoaded:

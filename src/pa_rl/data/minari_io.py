@@ -93,6 +93,12 @@ class LoadedDataset:
         return {"path": str(Path(self.path).resolve()), "episodes": len(self.episodes),
                 "transitions": self.num_transitions, "sha256": digest.hexdigest()}
 
+    @property
+    def records_env(self) -> bool:
+        """Whether the data record an environment :meth:`make_env` can recover (without one, training is
+        offline only and nothing can be evaluated by rollout)."""
+        return self._minari.env_spec is not None or self._minari.storage.metadata.get("eval_env_spec") is not None
+
     def episode_successes(self) -> np.ndarray | None:
         """Per-episode bool: did ``infos["success"]`` ever hold? None if not recorded."""
         successes = []
