@@ -156,6 +156,23 @@ def test_baselines_run_through_every_phase(improvement: str, objective: str) -> 
 
 @pytest.mark.parametrize("improvement, objective, trains", [("reparam", "calql", True), ("awr", "iql", True),
                                                             ("distill", "calql", False)])
+def test_a_critic_only_online_phase_freezes_pa_rls_policy_not_a_baselines_actor(improvement: str, objective: str,
+                                                                               trains: bool) -> None:
+    """online_distill_utd 0 (the cpu preset) stops PA-RL's distillation; SAC's and IQL's actors step with
+    each critic update whatever it says."""
+    policy = make_policy("gaussian", 2, LOW, HIGH, SMALL_POLICY_CONFIGS["gaussian"])
+    agent = Agent(policy, 2, LOW, HIGH, AgentConfig(
+        objective=objective, policy_improvement=improvement, critic=CriticConfig(ensemble_size=2, hidden_dims=(32, 32)),
+        optimizer=OptimizerConfig(num_samples=4, top_k=4, local_steps=0)))
+    config = TrainConfig(batch_size=16, bc_steps=0, offline_steps=0, online_env_steps=30, online_distill_utd=0.0,
+                         eval_episodes=1, diagnostic_pairs=0, progress=False)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    train(agent, collect_episodes(5, seed=0), lambda: gym.make("pa_rl/PointGoal-v0"), config)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters())) == trains
+
+
+@pytest.mark.parametrize("improvement, objective, trains", [("reparam", "calql", True), ("awr", "iql", True),
+                                                            ("distill", "calql", False)])
 def test_the_offline_phase_trains_a_baselines_actor_by_itself(improvement: str, objective: str, trains: bool) -> None:
     """With no offline_distill_every given, a baseline's actor learns offline (as Cal-QL's and IQL's do)
     and acts online with its own samples; PA-RL's base policy stays frozen offline (reference code)."""

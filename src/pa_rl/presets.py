@@ -23,7 +23,13 @@ def cpu() -> RunConfig:
     phases (3k BC updates, 1k offline updates, 1k online env steps, evaluations of 50 episodes every
     500 updates or env steps). Batches stay at 256: at 128 online fine-tuning lost a good umaze
     policy in one of three seeds (and in ablation runs), at 256 in none of three (BENCHMARKS.md);
-    the benchmark suite runs 128 to fit its time budget."""
+    the benchmark suite runs 128 to fit its time budget.
+
+    Online, only the critic learns (``online_distill_utd`` 0): π̂ improves through it while the base
+    policy stays as offline left it. At these budgets the critic cannot tell the policy's samples
+    apart, so distillation would feed the policy its own samples, which a few-step diffusion policy
+    shrinks until it fails; with distillation 3 of 9 umaze seeds lost π̂ online (BENCHMARKS.md,
+    "Does online fine-tuning keep a good policy?"). Turn it on (1) with a critic that ranks."""
     return RunConfig(
         agent=AgentConfig(cql_alpha=0.1, distill_lr=1e-4, bc_warmup_steps=500,
                           critic=CriticConfig(ensemble_size=2),
@@ -32,7 +38,7 @@ def cpu() -> RunConfig:
         flow=FlowConfig(hidden_dim=128, num_blocks=2, dropout=0.0, time_dim=32, steps=5),
         token=TokenConfig(width=64, layers=2, heads=4, dropout=0.0),
         train=TrainConfig(bc_steps=3_000, offline_steps=1_000, online_env_steps=1_000, eval_every=500,
-                          online_eval_every=500),
+                          online_eval_every=500, online_distill_utd=0.0),
     )
 
 

@@ -63,7 +63,9 @@ class TrainConfig:
     sampler: Literal["sync", "async"] = "sync"
     sampler_max_staleness: int = 1
     online_critic_utd: float = 1.0  # critic updates per new env step
-    online_distill_utd: float = 1.0  # distillation updates per new env step
+    # PA-RL distillation updates per new env step (0: online, only the critic learns). A baseline's actor
+    # steps with each critic update instead, as SAC's and IQL's do.
+    online_distill_utd: float = 1.0
     online_distill_start: int = 0  # online env steps of critic-only updates before distillation resumes
     # The states online distillation fits the policy at: the whole mixed batch ("all"), or only its
     # offline-data rows ("offline"; the critic still trains on both). A candidate fix for online
@@ -575,9 +577,10 @@ class Trainer:
                                 f"dropped; {where}")
 
     def _online_updates(self, new_steps: int) -> None:
-        critic_updates = round(new_steps * self.config.online_critic_utd)
-        distill_updates = round(new_steps * self.config.online_distill_utd)
-        if self.progress.step < self.config.online_distill_start:  # the critic learns the new data first
+        cfg = self.config
+        critic_updates = round(new_steps * cfg.online_critic_utd)
+        distill_updates = round(new_steps * (cfg.online_distill_utd if self.pa_rl else cfg.online_critic_utd))
+        if self.progress.step < cfg.online_distill_start:  # the critic learns the new data first
             distill_updates = 0
         if self.sampler is not None:
             self.sampler.begin(self._batch_index, max(critic_updates, distill_updates))
