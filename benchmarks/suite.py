@@ -195,6 +195,8 @@ METHODS: dict[str, Method] = {
         "stability: PA-RL diffusion, the conservative term online at the batch's offline-data rows only"),
     "parl-diffusion-act-target": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), act_critic="target"),
                                         "stability: PA-RL diffusion acting with the target (Polyak) critic"),
+    "parl-diffusion-anchor": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), distill_data_anchor=True),
+                                    "stability: PA-RL diffusion distilling with the data set's actions as anchor rows"),
     "parl-diffusion-gate": Method("diffusion", "pa_rl", lambda c: _optimizer(_parl(c), agreement_gate=True),
                                   "stability: PA-RL diffusion, π̂'s argmax only where the critic members agree"),
     **{f"parl-diffusion-n{n}": Method("diffusion", "pa_rl", _ablation(num_samples=n), f"ablation: N = {n}, k = {n // 2}")
