@@ -182,7 +182,11 @@ METHODS: dict[str, Method] = {
     "parl-diffusion-mix90": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), mixing_ratio=0.9),
                                    "stability: PA-RL diffusion with 10 % of online batches from online data"),
     "parl-diffusion-nodistill": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), online_distill_utd=0.0),
-                                       "stability: PA-RL diffusion with the policy frozen online (diagnosis)"),
+                                       "stability: PA-RL diffusion with the policy frozen online (the cpu preset "
+                                       "since 0.6.0: parl-diffusion runs the same)"),
+    "parl-diffusion-online-distill": Method(
+        "diffusion", "pa_rl", lambda c: _train(_parl(c), online_distill_utd=1.0),
+        "stability: PA-RL diffusion distilling online (the cpu preset up to 0.5.0, parl-diffusion's cells there)"),
     "parl-diffusion-distill1e-5": Method("diffusion", "pa_rl", lambda c: _agent(_parl(c), distill_lr=1e-5),
                                          "stability: PA-RL diffusion distilling at learning rate 1e-5"),
     "parl-diffusion-mix100": Method("diffusion", "pa_rl", lambda c: _train(_parl(c), mixing_ratio=1.0),
