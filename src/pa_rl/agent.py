@@ -61,10 +61,9 @@ class AgentConfig:
     distill_temperature: float = 1.0
     distill_with_data_action: bool = True  # the data set action replaces the worst candidate
     # Each distillation step also fits the policy to the data set's own actions at the batch's
-    # data-set rows (the offline data's, see ``update``'s data_rows), as extra rows of the same loss.
-    # Without it, where the critic cannot tell the candidates apart, the targets are the policy's own
-    # samples and distillation feeds the policy its own output: a 5-step diffusion policy, whose samples
-    # are smaller than the data's, then shrinks its actions step after step (BENCHMARKS.md, stability).
+    # data-set rows (``update``'s data_rows), as extra rows of the same loss: where the critic cannot
+    # tell the candidates apart, the targets are the policy's own samples, on which a few-step diffusion
+    # policy shrinks its actions. Holds it offline; online, a third of the loss, it did not (BENCHMARKS.md).
     distill_data_anchor: bool = False
     # The rows the conservative (CQL/Cal-QL) term sees: all, or only the data set's ("data": online,
     # the term then keeps raising Q at the data set's actions, not at actions π̂ chose itself).
@@ -172,7 +171,7 @@ class Agent(nn.Module):
     def optimize_actions(self, obs: Obs, samples: torch.Tensor | None = None, critic: QEnsemble | None = None
                          ) -> Candidates:
         """π̂'s candidates at ``obs``; ``samples`` are cached policy draws to use instead of new ones."""
-        return self.action_optimizer(self.policy, critic or self.critic, obs, samples)
+        return self.action_optimizer(self.policy, self.critic if critic is None else critic, obs, samples)
 
     @property
     def acting_critic(self) -> QEnsemble:
