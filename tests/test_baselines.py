@@ -90,7 +90,7 @@ def test_reparam_actor_climbs_a_known_critic_and_leaves_the_critic_alone() -> No
     # policy's parameters (the critic's come from its own loss only).
     agent.critic = learned_critic
     agent.critic_optim.zero_grad(set_to_none=True)
-    agent._improve_policy(batch_of(obs, torch.zeros(128, 2)), None)
+    agent.distill(batch_of(obs, torch.zeros(128, 2)))
     assert all(p.grad is None for p in agent.critic.parameters())
 
 
