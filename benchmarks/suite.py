@@ -115,6 +115,11 @@ def _hf(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, hf=hf)
 
 
+def _raw(config: RunConfig) -> RunConfig:
+    """Observations not standardised (``standardize_observations`` off), as every cell ran before 0.7.0."""
+    return _agent(config, standardize_observations=False)
+
+
 def _bestofn(config: RunConfig) -> RunConfig:
     """IDQL-style: frozen BC policy, IQL critic, best of N by Q at decision time, never distilled.
     The IQL critic never reads cached policy samples, so the offline sample cache is skipped."""
@@ -160,6 +165,10 @@ METHODS: dict[str, Method] = {
        for cls in POLICY_CLASSES},
     **{f"bc-{cls}": Method(cls, "policy", _bc, f"behaviour cloning of a {cls} policy", online=False)
        for cls in POLICY_CLASSES},
+    "bc-diffusion-raw": Method("diffusion", "policy", lambda c: _bc(_raw(c)), "observations: behaviour cloning of a "
+                               "diffusion policy on raw observations (every cell before 0.7.0)", online=False),
+    "parl-diffusion-raw": Method("diffusion", "pa_rl", lambda c: _parl(_raw(c)),
+                                 "observations: PA-RL diffusion on raw observations (every cell before 0.7.0)"),
     "bestofn-diffusion": Method("diffusion", "pa_rl", _bestofn,
                                 "IDQL-style: frozen BC diffusion policy, IQL critic, best of N by Q"),
     "calql-gaussian": Method("gaussian", "policy", _calql_actor,
@@ -218,6 +227,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
                   "parl-diffusion-n4", "parl-diffusion-n16", "parl-diffusion-n32"),
     # Candidate fixes for online collapse, run on umaze seeds by hand (BENCHMARKS.md, stability); not in --full.
     "stability": tuple(m for m in METHODS if METHODS[m].summary.startswith("stability:")),
+    # Observations not standardised (every cell before 0.7.0), against bc-/parl-diffusion by hand:
+    # BENCHMARKS.md, "Meta-World BC"; not in --full.
+    "raw-observations": tuple(m for m in METHODS if METHODS[m].summary.startswith("observations:")),
     # Pretrained-model policies (--policy hf, issue 17's evidence): they need the hf extra (transformers,
     # peft), which --full does not assume, so they run by this group's name, not in --full.
     "hf": tuple(m for m in METHODS if METHODS[m].summary.startswith("hf:")),

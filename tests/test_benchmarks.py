@@ -173,7 +173,8 @@ def test_report_keeps_gpu_timings_apart_from_cpu_ones() -> None:
 def test_the_full_suite_covers_every_task_and_method_and_runs_the_long_mazes_offline_only() -> None:
     assert {t for tasks, _ in suite.FULL_SUITE for t in tasks} == set(suite.TASKS)
     assert {m for _, methods in suite.FULL_SUITE for m in methods} == (
-        set(suite.METHODS) - set(suite.GROUPS["stability"]) - set(suite.GROUPS["hf"]))
+        set(suite.METHODS) - set(suite.GROUPS["stability"]) - set(suite.GROUPS["hf"])
+        - set(suite.GROUPS["raw-observations"]))
     assert suite.GROUPS["stability"] and set(suite.GROUPS["hf"]) == {"parl-hf", "bc-hf"}
     assert sum(len(tasks) * len(methods) for tasks, methods in suite.FULL_SUITE) == 53  # cells per seed
 

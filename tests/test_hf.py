@@ -168,6 +168,7 @@ def test_weights_hold_the_adapters_and_are_refused_on_another_base(lm: str, tmp_
     hf = policy(lm, spec=3)
     state = hf.state_dict()
     assert state.keys() == {"base_sha256", "scaler.low", "scaler.high", "state_proj.weight", "state_proj.bias",
+                            "encoder.mean", "encoder.std", "encoder.fitted",  # the state's standardisation
                             *(f"model.{n}" for n, p in hf.model.named_parameters() if p.requires_grad)}
     assert any("lora_A" in key for key in state)
     with torch.no_grad():
@@ -231,13 +232,14 @@ def test_cli_trains_bc_offline_online_saves_adapters_only_and_resumes_after_sigk
     final, resumed = load_file(str(whole / "checkpoints/final.safetensors")), load_file(
         str(killed / "checkpoints/final.safetensors"))
     assert final.keys() == resumed.keys() and all(torch.equal(final[k], resumed[k]) for k in final)
-    # Adapters, the state projection and the base's hash; no base weight, in final weights and checkpoints.
+    # Adapters, the state projection, its standardisation and the base's hash; no base weight, in final
+    # weights and checkpoints.
     path = CheckpointStore(whole / "checkpoints").paths()[-1]
     for keys in (final.keys(), decode(path.read_bytes(), str(path))["agent"].keys()):
         policy_keys = {k for k in keys if k.startswith("policy.")}
         assert "policy.base_sha256" in policy_keys and any("lora_A" in k for k in policy_keys)
-        assert all(k.startswith(("policy.model.", "policy.state_proj.", "policy.scaler.")) or k == "policy.base_sha256"
-                   for k in policy_keys)
+        assert all(k.startswith(("policy.model.", "policy.state_proj.", "policy.scaler.", "policy.encoder."))
+                   or k == "policy.base_sha256" for k in policy_keys)
         assert all("lora_" in k for k in policy_keys if k.startswith("policy.model."))
     assert main(["eval", str(whole), "--episodes", "1"]) == 0
 

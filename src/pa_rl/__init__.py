@@ -12,7 +12,7 @@ from pa_rl.policies import (POLICIES, DiffusionConfig, DiffusionPolicy, FlowConf
                             GaussianPolicy, Policy, TokenConfig, TokenPolicy, make_policy)
 from pa_rl.train import TrainConfig, TrainResult, train
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = ["Agent", "AgentConfig", "ActionOptimizer", "Batch", "Candidates", "CriticConfig", "DiffusionConfig",
            "DiffusionPolicy", "EncoderConfig", "Episode", "Field", "FlowConfig", "FlowPolicy", "GaussianConfig", "GaussianPolicy",

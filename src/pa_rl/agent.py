@@ -19,7 +19,7 @@ from torch import nn
 
 from pa_rl.buffer import Batch
 from pa_rl.critic import CriticConfig, QEnsemble, make_target, polyak_update
-from pa_rl.encoders import EncoderConfig, make_encoder
+from pa_rl.encoders import EncoderConfig, Standardize, fit_standardization, make_encoder
 from pa_rl.observations import Obs, ObsSpec, cat_obs, map_obs, to_tensor
 from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerConfig, sample_actions
 from pa_rl.policies.base import Policy
@@ -80,6 +80,11 @@ class AgentConfig:
     # with expectile 0.9. Our −1-per-step rewards give advantages of order 1, like those tasks.
     awr_temperature: float = 3.0
     awr_max_weight: float = 100.0  # AWR weights are clipped here (IQL's value)
+    # Vector observations standardised with the offline data's mean and std (pa_rl.encoders.Standardize)
+    # in every built-in encoder: the policy's, the critic's, IQL's value. Training fits them once, when
+    # it starts on a fresh agent; a user's own policy class reads raw observations unless it builds
+    # its encoder with pa_rl.encoders.make_encoder.
+    standardize_observations: bool = True
     critic: CriticConfig = field(default_factory=CriticConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the critic's, for image/text observations
@@ -166,6 +171,24 @@ class Agent(nn.Module):
         self.register_buffer("chunk_high", self.action_high.repeat(chunk), persistent=False)
         self.action_optimizer = ActionOptimizer(config.optimizer, self.chunk_low, self.chunk_high, self.action_shape)
         self.bc_steps_done = 0
+
+    # ---- observations ---------------------------------------------------------------------------
+    @property
+    def standardization_fitted(self) -> bool:
+        """Whether every standardising encoder holds statistics (fitted, or loaded from weights)."""
+        return all(bool(m.fitted) for m in self.modules() if isinstance(m, Standardize))
+
+    def fit_standardization(self, observations: object) -> None:
+        """Standardise vector observations with the mean and std of ``observations``: rows of a flat
+        observation ``[N, D]``, or a mapping with such rows for each vector key. Call it once, before
+        training a fresh agent (``pa_rl.train`` does when ``standardize_observations`` is on):
+        refitting a trained agent changes what its networks read."""
+        if isinstance(self.obs_spec, int):
+            rows: Obs = torch.as_tensor(np.asarray(observations, dtype=np.float32))
+        else:
+            rows = {key: torch.as_tensor(np.asarray(observations[key], dtype=np.float32))  # type: ignore[index]
+                    for key, field in self.obs_spec.items() if field.kind == "vector"}
+        fit_standardization(self, rows)
 
     # ---- acting -------------------------------------------------------------------------------
     def optimize_actions(self, obs: Obs, samples: torch.Tensor | None = None, critic: QEnsemble | None = None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pa_rl.encoders import FlatEncoder
+from pa_rl.encoders import make_encoder
 from pa_rl.validation import require
 
 
@@ -74,7 +74,7 @@ class QEnsemble(nn.Module):
     def __init__(self, obs: int | nn.Module, action_dim: int, config: CriticConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or CriticConfig()
-        self.encoder = FlatEncoder(obs) if isinstance(obs, int) else obs
+        self.encoder = make_encoder(obs) if isinstance(obs, int) else obs
         members, layers, in_dim = config.ensemble_size, [], self.encoder.out_dim + action_dim
         for width in config.hidden_dims:
             layers += [EnsembleLinear(members, in_dim, width),
@@ -90,7 +90,7 @@ class QEnsemble(nn.Module):
         return self.config.ensemble_size
 
     def encode(self, obs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Observations ``[B, ...]`` → features ``[B, F]`` (the identity for flat observations)."""
+        """Observations ``[B, ...]`` → features ``[B, F]`` (flat observations: standardised)."""
         return self.encoder(obs)
 
     def logits(self, features: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,8 @@ Built-in policies and the critic each own one, built by :func:`make_encoder` fro
 spec and an :class:`EncoderConfig`. Whoever holds an encoder runs it once per state and reuses the
 features for every sampled action and every ensemble member. Images are normalised inside (they
 travel as ``uint8``) and randomly shifted while the module is in training mode (DrQ, Kostrikov et
-al. 2021), never when acting.
+al. 2021), never when acting; vectors are standardised with the offline data's statistics
+(:class:`Standardize`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pa_rl.observations import Field, ObsSpec
+from pa_rl.observations import Field, Obs, ObsSpec
 from pa_rl.validation import require
 
 
 @dataclass
 class EncoderConfig:
-    """How mapping observations are encoded (flat vectors pass through unchanged)."""
+    """How the images and text of mapping observations are encoded (vectors are standardised)."""
 
     # conv: a small DrQ-style net (4 layers of 3×3 convolutions), right for ≤ 100-pixel images;
     # resnet18: ResNet-18 with GroupNorm (torchvision's layout) for large ones.
@@ -42,15 +43,47 @@ class EncoderConfig:
             raise ValueError(f"unknown image encoder {self.image!r}; choose conv or resnet18")
 
 
-class FlatEncoder(nn.Module):
-    """A flat observation is its own feature vector."""
+STD_FLOOR = 1e-3  # a dimension constant in the data is centred, not blown up
 
-    def __init__(self, dim: int) -> None:
+
+class Standardize(nn.Module):
+    """A vector observation → (x − mean) / std with its offline data's statistics, once
+    :func:`fit_standardization` has set them (the identity before). MLPs learn slowly from raw inputs
+    that vary little around a large offset: Meta-World's positions vary by centimetres around 0.66 m,
+    and BC of its diffusion policy needed 20k updates unstandardised where 3k sufficed standardised
+    (BENCHMARKS.md, "Meta-World BC").
+
+    ``key``: the observation key it reads (None for a flat observation). The statistics are buffers,
+    so checkpoints, ``save_pretrained`` and ``pa-rl export`` carry them."""
+
+    def __init__(self, dim: int, key: str | None = None) -> None:
         super().__init__()
-        self.out_dim = dim
+        self.key, self.out_dim = key, dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("fitted", torch.tensor(False))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs
+        return (obs - self.mean) / self.std
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        # Weights written before 0.7.0 have no statistics: their networks read raw observations, so they
+        # load as the identity, marked fitted so that training never standardises under them.
+        names = [prefix + name for name in ("mean", "std", "fitted")]
+        if not any(name in state_dict for name in names):
+            state_dict.update(zip(names, (torch.zeros_like(self.mean), torch.ones_like(self.std), torch.tensor(True))))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def fit_standardization(module: nn.Module, observations: Obs) -> None:
+    """Set every :class:`Standardize` inside ``module`` to the per-dimension mean and std of
+    ``observations`` (rows of a flat observation, or a mapping with one such tensor per vector key)."""
+    for sub in module.modules():
+        if isinstance(sub, Standardize):
+            rows = (observations if sub.key is None else observations[sub.key]).to(sub.mean.device, torch.float64)
+            sub.mean.copy_(rows.mean(0))
+            sub.std.copy_(rows.std(0, correction=0).clamp(min=STD_FLOOR))
+            sub.fitted.fill_(True)
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
@@ -171,7 +204,7 @@ class TextEncoder(nn.Module):
 
 
 class MappingEncoder(nn.Module):
-    """One encoder per key; features concatenated in key order (vectors pass through)."""
+    """One encoder per key; features concatenated in key order."""
 
     def __init__(self, spec: dict[str, Field], config: EncoderConfig) -> None:
         super().__init__()
@@ -187,14 +220,15 @@ class MappingEncoder(nn.Module):
                 self.encoders[key] = TextEncoder(config.text_features)
                 self.out_dim += config.text_features
             else:
+                self.encoders[key] = Standardize(field.shape[0], key)
                 self.out_dim += field.shape[0]
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([self.encoders[key](obs[key]) if key in self.encoders else obs[key] for key in self.keys], -1)
+        return torch.cat([self.encoders[key](obs[key]) for key in self.keys], -1)
 
 
 def make_encoder(spec: ObsSpec, config: EncoderConfig | None = None) -> nn.Module:
     """The encoder for observations of ``spec``; its ``out_dim`` is the feature size."""
     if isinstance(spec, int):
-        return FlatEncoder(spec)
+        return Standardize(spec)
     return MappingEncoder(spec, config or EncoderConfig())

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pa_rl.agent import ActMode, Agent
 from pa_rl.buffer import Batch, ReplayBuffer, batch_of, check_buffer_fits
 from pa_rl.checkpoint import CheckpointError, CheckpointStore, write_atomically
-from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes
+from pa_rl.data.episodes import DataError, Episode, EpisodeRecorder, check_episodes, vector_rows
 from pa_rl.diagnostics import CriticDiagnostic, split_held_out
 from pa_rl.evaluation import evaluate
 from pa_rl.logging import MetricsLogger
@@ -275,6 +275,8 @@ class Trainer:
         gamma = agent.config.gamma
         self.floor_reward = min(float(e.rewards.min()) for e in episodes if len(e))
         episodes, held_out = split_held_out(episodes, config.held_out_fraction, config.seed)
+        if agent.config.standardize_observations and not agent.standardization_fitted:
+            agent.fit_standardization(vector_rows(episodes, agent.obs_spec))  # a resume then loads the same
         horizon, chunk = agent.config.horizon, agent.config.chunk
         self.offline = ReplayBuffer.from_episodes(episodes, gamma, device=agent.device, floor_reward=self.floor_reward,
                                                   horizon=horizon, chunk=chunk, obs_spec=agent.obs_spec)

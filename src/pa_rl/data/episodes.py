@@ -133,3 +133,12 @@ def check_episodes(episodes: Sequence[Episode], obs_spec: ObsSpec, action_low: n
                             "environment.")
         check_observations(episode.observations, obs_spec, steps + 1, f"{source}, episode {i}")
         check_episode(episode, f"{source}, episode {i}", action_low, action_high)
+
+
+def vector_rows(episodes: Sequence[Episode], obs_spec: ObsSpec) -> np.ndarray | dict[str, np.ndarray]:
+    """Every observation of ``episodes`` stacked: ``[N, D]`` for a flat observation, or such rows for
+    each vector key of a mapping (images and text left out: nothing standardises them)."""
+    if isinstance(obs_spec, int):
+        return np.concatenate([e.observations for e in episodes])
+    return {key: np.concatenate([e.observations[key] for e in episodes])
+            for key, field in obs_spec.items() if field.kind == "vector"}
