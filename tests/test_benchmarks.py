@@ -205,7 +205,8 @@ def test_report_says_n_a_for_a_task_without_online_phase() -> None:
 def test_the_long_tier_runs_its_budgets_with_an_online_phase_on_every_task() -> None:
     budgets = suite.Budgets(eval_episodes=7).over(suite.LONG_BUDGETS)  # a flag still overrides
     config = suite.cell_config("pointmaze-medium", "parl-diffusion", 0, budgets, Path("r"), Path("d"), tier="long")
-    assert (config.train.offline_steps, config.train.online_env_steps, config.train.eval_episodes) == (20_000, 10_000, 7)
+    assert (config.train.bc_steps, config.train.offline_steps, config.train.online_env_steps,
+            config.train.eval_episodes) == (20_000, 20_000, 10_000, 7)
     assert config.train.batch_size == 256 and suite.has_online_phase("pointmaze-medium", "parl-diffusion", "long")
     assert suite.cell_config("pointmaze-medium", "bc-diffusion", 0, budgets, Path("r"), Path("d"),
                              tier="long").train.online_env_steps == 0
