@@ -449,7 +449,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="long: the long tier's tasks, methods and budgets (LONG_SUITE, LONG_BUDGETS); budget "
                              "flags still override; replaces --tasks, --methods and --full")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where cell JSONs accumulate (default: benchmarks/results, or benchmarks/results-long "
+                             "for --tier long, whose cells share the short tier's names)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs/bench/<results folder name>")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "datasets", help="where built-in data sets live")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -462,7 +464,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for field in dataclasses.fields(Budgets):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=None,
                             help=f"override the suite's value (the cpu preset's; batch {SUITE_BATCH_SIZE})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.results = args.results or ROOT / "benchmarks" / ("results-long" if args.tier == "long" else "results")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
