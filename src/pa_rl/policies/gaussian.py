@@ -22,6 +22,7 @@ class GaussianConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    layer_norm: bool = True  # in the hidden layers (d3rlpy's SAC/Cal-QL actor has none)
     # Data actions at the box edge have infinite pre-tanh values; clip like the reference code (±0.99999).
     edge_clip: float = 0.99999
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # for image/text observations
@@ -41,7 +42,7 @@ class GaussianPolicy(nn.Module):
         self.config = config = config or GaussianConfig()
         self.scaler = ActionScaler(action_low, action_high)
         self.encoder = make_encoder(obs_spec, config.encoder)
-        self.net = mlp(self.encoder.out_dim, config.hidden_dims, 2 * self.scaler.action_dim)
+        self.net = mlp(self.encoder.out_dim, config.hidden_dims, 2 * self.scaler.action_dim, config.layer_norm)
 
     def distribution(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of the pre-tanh Gaussian over flat unit actions; exposed for actor-critic baselines."""
