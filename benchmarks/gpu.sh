@@ -208,9 +208,13 @@ fi
 run_train hf-pixels pointmaze-umaze-pixels 180
 step speed 120 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy all \
     --json "$WORK/logs/speed-classes.json" || true
-# speed.md: both speed steps' output; speed.json: both steps' rows
-cat "$WORK/logs/speed-hf.log" "$WORK/logs/speed.log" > "$OUT/speed.md" 2> /dev/null || true
-"$PYTHON" - "$OUT/speed.json" "$WORK/logs/speed-hf.json" "$WORK/logs/speed-classes.json" << 'EOF' || true
+# Issue 15 part 4: eager vs torch.compile'd critic on CUDA (last: it gets what time is left)
+step speed-compile 90 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy diffusion --compile \
+    --json "$WORK/logs/speed-compile.json" || true
+# speed.md: the speed steps' output; speed.json: their rows
+cat "$WORK/logs/speed-hf.log" "$WORK/logs/speed.log" "$WORK/logs/speed-compile.log" > "$OUT/speed.md" 2> /dev/null || true
+"$PYTHON" - "$OUT/speed.json" "$WORK/logs/speed-hf.json" "$WORK/logs/speed-classes.json" \
+    "$WORK/logs/speed-compile.json" << 'EOF' || true
 import json, sys
 from pathlib import Path
 parts = [json.loads(Path(p).read_text()) for p in sys.argv[2:] if Path(p).exists()]

@@ -3,6 +3,7 @@
     python benchmarks/speed.py [--device cpu|cuda] [--policy all] [--config default cpu] [--json out.json]
     python benchmarks/speed.py --obs pixels --config cpu --policy diffusion   # images: encoder share too
     python benchmarks/speed.py --policy hf --hf-model FOLDER --config cpu     # a Hugging Face model (make_tiny_hf.py)
+    python benchmarks/speed.py --compile --config cpu --policy diffusion     # A/B: eager vs torch.compile'd critic
 
 Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
   default  AgentConfig() as is = the spec defaults: N = 32 samples, top k = 10, T = 10 local steps,
@@ -23,6 +24,10 @@ The hf policy (a pretrained model, LoRA 8 by HFConfig's defaults) needs --hf-mod
 With --obs pixels the observations are pointmaze-umaze-pixels' (uint8 64×64×3 camera, 2-d velocity,
 64-byte instruction; 2-d actions), and each row also says how much of its GFLOP runs in the forward
 passes of the encoders (policy's, critic's, target critic's) and how many ms those take.
+With --compile each row that runs the critic (update, cached, optimize) is measured twice in one
+loop, alternating call by call: the agent as configured and a copy with the same weights and
+``compile_critic=True`` (rows "<step> compiled", with the speed-up over the row above); load drift then
+hits both sides alike. The compiled side's compilation happens in its warm-up calls, not in the times.
 Times are medians over --repeats calls after --warmup calls. FLOPs are counted by
 torch.utils.flop_counter.FlopCounterMode over one call (forward and backward); it counts matmuls
 (mm/addmm/bmm/baddbmm) and known attention kernels, not elementwise ops or norms, and not the CPU
@@ -90,6 +95,18 @@ class _NoModuleTracking:
         return None
 
 
+def paired_median_seconds(fns: tuple[Callable[[], object], Callable[[], object]], device: torch.device,
+                          warmup: int, repeats: int) -> tuple[float, float]:
+    """Medians of two calls timed alternately (A, B, A, B, …), so that load drift hits both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for fn in fns:  # ≥ 3: a compiled call recompiles once for shapes it has seen twice (dynamic shapes)
+        median_seconds(fn, device, max(warmup, 3), 1)
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            out.append(median_seconds(fn, device, 0, 1))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _NoModuleTracking()  # type: ignore[assignment]
@@ -149,20 +166,32 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
     batch = random_batch(args.batch_size, spec, action_dim, device)
     cached = replace(batch, policy_samples=agent.sample_policy(batch.obs),
                      next_policy_samples=agent.sample_policy(batch.next_obs))
-    calls: dict[str, Callable[[], object]] = {
-        "update": lambda: agent.update(batch, distill=True),
-        "cached": lambda: agent.update(cached),
-        "optimize": lambda: agent.optimize_actions(batch.obs),
-        "sample": lambda: sample_actions(agent.policy, batch.obs, cfg.optimizer.num_samples),
-        "bc": lambda: agent.bc_update(batch),
-    }
+
+    def calls(agent: Agent) -> dict[str, Callable[[], object]]:
+        return {
+            "update": lambda: agent.update(batch, distill=True),
+            "cached": lambda: agent.update(cached),
+            "optimize": lambda: agent.optimize_actions(batch.obs),
+            "sample": lambda: sample_actions(agent.policy, batch.obs, cfg.optimizer.num_samples),
+            "bc": lambda: agent.bc_update(batch),
+        }
+
+    twin = None
+    if args.compile:  # the same weights, the critic compiled: the B side of each critic row
+        twin = Agent(make_policy(name, spec, low, high, policy_config), spec, low, high,
+                     replace(cfg, compile_critic=True), device)
+        twin.load_state_dict(agent.state_dict())
     encoders = [m for m in (agent.policy.encoder, agent.critic.encoder, agent.target_critic.encoder)
                 if args.obs == "pixels"]
     rows = []
-    for step, fn in calls.items():
+    for (step, fn), twin_fn in zip(calls(agent).items(), calls(twin).values() if twin else [None] * 5):
         flops = count_flops(fn)
         matmul = matmul_gflops(device)
-        seconds = median_seconds(fn, device, args.warmup, args.repeats)
+        compiled = twin_fn is not None and step in ("update", "cached", "optimize")
+        if compiled:
+            seconds, twin_seconds = paired_median_seconds((fn, twin_fn), device, args.warmup, args.repeats)
+        else:
+            seconds = median_seconds(fn, device, args.warmup, args.repeats)
         row = {"config": config_name, "policy": name, "step": step, "ms": 1e3 * seconds, "per_s": 1 / seconds,
                "gflop": flops / 1e9, "gflop_s": flops / seconds / 1e9, "matmul_gflop_s": matmul,
                "of_matmul": flops / seconds / 1e9 / matmul}
@@ -171,6 +200,10 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
             row |= {"encoder_gflop_share": encoder_flops / flops if flops else 0.0,
                     "encoder_forward_ms": 1e3 * encoder_seconds}
         rows.append(row)
+        if compiled:
+            rows.append({**row, "step": f"{step} compiled", "ms": 1e3 * twin_seconds, "per_s": 1 / twin_seconds,
+                         "gflop_s": flops / twin_seconds / 1e9, "of_matmul": flops / twin_seconds / 1e9 / matmul,
+                         "speedup": seconds / twin_seconds})
     return rows
 
 
@@ -209,12 +242,15 @@ def inside_encoders(fn: Callable[[], object], encoders: list[torch.nn.Module], d
 
 def markdown(rows: list[dict[str, str | float]]) -> str:
     images = "encoder_gflop_share" in rows[0]
+    compiled = any("speedup" in r for r in rows)
     lines = ["| config | policy | step | ms | calls/s | GFLOP | GFLOP/s | matmul GFLOP/s | of mm |"
-             + (" encoders' GFLOP | encoders' forward ms |" if images else ""),
-             "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if images else "")]
+             + (" encoders' GFLOP | encoders' forward ms |" if images else "") + (" speed-up |" if compiled else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if images else "")
+             + ("---:|" if compiled else "")]
     lines += [f"| {r['config']} | {r['policy']} | {r['step']} | {r['ms']:.1f} | {r['per_s']:.2f} | {r['gflop']:.2f} "
               f"| {r['gflop_s']:.1f} | {r['matmul_gflop_s']:.1f} | {100 * r['of_matmul']:.0f} % |"
               + (f" {100 * r['encoder_gflop_share']:.0f} % | {r['encoder_forward_ms']:.1f} |" if images else "")
+              + ((f" {r['speedup']:.2f}× |" if "speedup" in r else " |") if compiled else "")
               for r in rows]
     return "\n".join(lines)
 
@@ -233,6 +269,8 @@ def main() -> None:
                         help="vector: --obs-dim floats; pixels: pointmaze-umaze-pixels' observations")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write machine info and rows to this path")
+    parser.add_argument("--compile", action="store_true",
+                        help="A/B: also time update, cached and optimize with the critic torch.compile'd")
     parser.add_argument("--hf-model", default="", help="the hf policy's model: a folder or Hub id (--hf.model)")
     args = parser.parse_args()
     if args.policy == "hf" and not args.hf_model:

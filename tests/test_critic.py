@@ -319,3 +319,24 @@ def test_fitting_returns_sets_the_critic_to_the_data_values_before_any_td_update
         q1 = agent.critic(torch.tensor([[0.0, 1.0]]).expand(7, 2), a).mean(0)
     assert torch.allclose(q1, 1 - a[:, 0] ** 2, atol=0.1), q1
     assert all(torch.equal(p, q) for p, q in zip(agent.critic.parameters(), agent.target_critic.parameters()))
+
+
+def test_a_compiled_critic_learns_as_the_eager_one_and_saves_the_same_weights() -> None:
+    """``compile_critic`` changes how the critic runs, not what it computes or how it is stored."""
+    def build(compiled: bool) -> Agent:
+        torch.manual_seed(0)
+        config = AgentConfig(compile_critic=compiled, critic=CriticConfig(ensemble_size=2, hidden_dims=(16, 16)),
+                             optimizer=OptimizerConfig(num_samples=4, top_k=2, local_steps=1))
+        return Agent(UniformPolicy(1), 2, -ONE, ONE, config)
+
+    def losses(agent: Agent) -> torch.Tensor:
+        torch.manual_seed(1)
+        generator = torch.Generator().manual_seed(0)
+        return torch.stack([agent.update(buffer.sample(32, generator))["critic/loss"] for _ in range(3)])
+
+    eager, compiled = build(False), build(True)
+    buffer = ReplayBuffer.from_episodes(chain_episodes(50, np.random.default_rng(0)), gamma=0.9)
+    assert torch.allclose(losses(eager), losses(compiled), rtol=1e-4, atol=1e-5)
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
+    for name, value in eager.state_dict().items():
+        assert torch.allclose(value, compiled.state_dict()[name], rtol=1e-4, atol=1e-5), name

@@ -85,6 +85,11 @@ class AgentConfig:
     # it starts on a fresh agent; a user's own policy class reads raw observations unless it builds
     # its encoder with pa_rl.encoders.make_encoder.
     standardize_observations: bool = True
+    # torch.compile the critic ensemble's network (and its target's, IQL's value's): fuses its
+    # elementwise ops. Off by default: at the cpu preset on this project's CPU it did not win
+    # (0.84–1.17× per step, BENCHMARKS.md "torch.compile"); on CUDA it is unmeasured.
+    # `python benchmarks/speed.py --compile` measures both on your machine.
+    compile_critic: bool = False
     critic: CriticConfig = field(default_factory=CriticConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the critic's, for image/text observations
@@ -157,6 +162,10 @@ class Agent(nn.Module):
                                    CriticConfig(ensemble_size=1, hidden_dims=config.critic.hidden_dims,
                                                 layer_norm=config.critic.layer_norm)).to(self.device)
             critic_params += list(self.value.parameters())
+        if config.compile_critic:  # in place: parameter names, checkpoints and copies stay as they are
+            for module in (self.critic, self.target_critic, getattr(self, "value", None)):
+                if module is not None:
+                    module.net.compile()
         self.critic_optim = torch.optim.Adam(critic_params, lr=config.critic_lr)
         # Trainable parameters only: a pretrained policy's frozen base has no optimizer state.
         self.policy_optim = torch.optim.Adam([p for p in self.policy.parameters() if p.requires_grad], lr=config.bc_lr)
