@@ -102,6 +102,15 @@ def test_ranking_by_rollout_agrees_with_a_true_critic_and_disagrees_with_a_rever
     assert np.sign(metrics["diag/rank_q_gap"]) == np.sign(metrics["diag/rank_return_gap"]) * (1 if sign > 0 else -1)
 
 
+def test_ranking_is_skipped_when_the_policy_gives_one_sample_per_state() -> None:
+    """With N = 1 there is no other sample to branch to: no ranking, no crash (it once crashed the
+    first evaluation of a Cal-QL run with a one-sample backup)."""
+    agent = agent_with(KnownCritic(1.0))
+    agent.config.optimizer = OptimizerConfig(num_samples=1, top_k=1, local_steps=0)
+    diagnostic = CriticDiagnostic([one_step_episode(0.0, 0.0)], gamma=0.9, floor_reward=-1.0)
+    assert diagnostic.ranking(agent, [Bandit() for _ in range(4)], [0, 1], max_steps=5, reward=lambda r: r) == {}
+
+
 def test_the_diagnostic_is_logged_and_does_not_change_the_run(tmp_path) -> None:
     episodes = collect_episodes(40, seed=1)
     results = []

@@ -84,9 +84,10 @@ class CriticDiagnostic:
 
     def ranking(self, agent: Agent, envs: Sequence[gym.Env], seeds: Sequence[int], max_steps: int,
                 reward: Callable[[float], float], continuation: str = "argmax") -> dict[str, float]:
-        """Pairs of rollouts branching at one state each (``len(envs) // 2`` pairs, one reset seed each)."""
+        """Pairs of rollouts branching at one state each (``len(envs) // 2`` pairs, one reset seed each).
+        Nothing to rank with one policy sample per state (``optimizer.num_samples`` 1)."""
         pairs = min(len(envs) // 2, len(seeds))
-        if pairs == 0:
+        if pairs == 0 or agent.config.optimizer.num_samples < 2:
             return {}
         horizon = max(1, min(self.typical_length or max_steps, max_steps))
         # Branch points spread over the first 80 % of a typical episode, so early and late states count;
