@@ -64,7 +64,7 @@ HF_MODEL = Path("hf-models") / "tiny-llama"
 # The instruction for tasks whose observation has none (the pixel maze carries this one in every step).
 HF_INSTRUCTIONS = {"pointmaze-umaze": "reach the goal at the top-left end of the U"}
 
-ScoreMode = Literal["pa_rl", "policy"]
+ScoreMode = Literal["pa_rl", "policy", "deterministic"]
 Tier = Literal["short", "long"]
 Configure = Callable[[RunConfig], RunConfig]
 
@@ -74,7 +74,9 @@ class Method:
     """A method is a policy class, a config change, and which evaluation mode is its score."""
 
     policy: str
-    score_mode: ScoreMode  # "pa_rl" = π̂ (argmax over optimized samples), "policy" = one raw policy sample
+    # "pa_rl" = π̂ (argmax over optimized samples), "policy" = one raw policy sample, "deterministic" = the
+    # Gaussian's tanh(mean): how SAC/Cal-QL/IQL implementations (d3rlpy's predict) score that class.
+    score_mode: ScoreMode
     configure: Configure
     summary: str
     online: bool = True  # False: no online phase (BC); its online score is reported as n/a
@@ -163,7 +165,8 @@ def _ablation(local_steps: int | None = None, top_k_all: bool = False, num_sampl
 METHODS: dict[str, Method] = {
     **{f"parl-{cls}": Method(cls, "pa_rl", _parl, f"PA-RL (Cal-QL critic, distillation) with a {cls} policy")
        for cls in POLICY_CLASSES},
-    **{f"bc-{cls}": Method(cls, "policy", _bc, f"behaviour cloning of a {cls} policy", online=False)
+    **{f"bc-{cls}": Method(cls, "deterministic" if cls == "gaussian" else "policy", _bc,
+                           f"behaviour cloning of a {cls} policy", online=False)
        for cls in POLICY_CLASSES},
     "bc-diffusion-raw": Method("diffusion", "policy", lambda c: _bc(_raw(c)), "observations: behaviour cloning of a "
                                "diffusion policy on raw observations (every cell before 0.7.0)", online=False),
@@ -171,9 +174,9 @@ METHODS: dict[str, Method] = {
                                  "observations: PA-RL diffusion on raw observations (every cell before 0.7.0)"),
     "bestofn-diffusion": Method("diffusion", "pa_rl", _bestofn,
                                 "IDQL-style: frozen BC diffusion policy, IQL critic, best of N by Q"),
-    "calql-gaussian": Method("gaussian", "policy", _calql_actor,
+    "calql-gaussian": Method("gaussian", "deterministic", _calql_actor,
                              "Cal-QL actor-critic, reparameterised tanh-Gaussian actor"),
-    "iql-gaussian": Method("gaussian", "policy", _iql_awr, "IQL critic, AWR-extracted tanh-Gaussian policy"),
+    "iql-gaussian": Method("gaussian", "deterministic", _iql_awr, "IQL critic, AWR-extracted tanh-Gaussian policy"),
     "parl-diffusion-global": Method("diffusion", "pa_rl", _ablation(local_steps=0),
                                     "ablation: global only (top-k by Q, no local steps)"),
     "parl-diffusion-local": Method("diffusion", "pa_rl", _ablation(top_k_all=True),
@@ -418,7 +421,7 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
         "online_score": score(summary, "online", method.score_mode) if has_online else None,
         "online_score_note": None if has_online else ("no online phase (BC only): n/a" if not method.online
                                                       else "no online phase on this task: n/a"),
-        "bc_score": score(summary, "bc", "policy"),
+        "bc_score": score(summary, "bc", "policy" if method.score_mode == "pa_rl" else method.score_mode),
         "online_env_steps": summary.get("env_steps", 0),
         "wall_clock_s": wall, "train_wall_clock_s": summary.get("wall_clock_s"), **peak_memory_mb(device),
         "updates": summary.get("updates"), "updates_per_s": summary.get("updates_per_s"),

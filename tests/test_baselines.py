@@ -151,7 +151,29 @@ def test_baselines_run_through_every_phase(improvement: str, objective: str) -> 
     before = [p.detach().clone() for p in agent.policy.parameters()]
     result = train(agent, collect_episodes(5, seed=0), lambda: gym.make("pa_rl/PointGoal-v0"), config)
     assert np.isfinite(result.summary["online"]["eval/policy_return"])
+    # Every phase also scores the Gaussian's deterministic action, as SAC/IQL implementations do.
+    assert all(f"eval/deterministic_success" in result.summary[phase] for phase in ("bc", "offline", "online"))
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+
+
+def test_the_deterministic_action_is_the_gaussians_squashed_mean_in_env_units() -> None:
+    low, high = np.array([0.0, -2.0], np.float32), np.array([1.0, 2.0], np.float32)
+    policy = GaussianPolicy(3, low, high, GaussianConfig(hidden_dims=(32, 32)))
+    with torch.no_grad():
+        policy.net[-1].bias[:2] = torch.tensor([0.3, 1.5])  # means well inside, and beyond ±1 in env units
+    agent = Agent(policy, 3, low, high, gaussian_agent("distill").config)
+    obs = torch.randn(5, 3)
+    unit = torch.tanh(agent.policy.distribution(obs)[0].detach())
+    expected = torch.tensor(low) + (unit + 1) / 2 * torch.tensor(high - low)
+    assert torch.allclose(agent.act(obs, "deterministic"), expected, atol=1e-6)
+    assert (expected[:, 1].abs() > 1).any()  # the bounds are the env's, not the unit box
+    assert torch.equal(agent.act(obs, "deterministic"), agent.act(obs, "deterministic"))  # no noise
+    assert agent.act(obs[0].numpy(), "deterministic").shape == (2,)
+    diffusion = Agent(make_policy("diffusion", 3, LOW, HIGH, SMALL_POLICY_CONFIGS["diffusion"]), 3, LOW, HIGH,
+                      agent.config)
+    assert not diffusion.has_deterministic_action
+    with pytest.raises(TypeError, match="deterministic_action"):
+        diffusion.act(obs, "deterministic")
 
 
 @pytest.mark.parametrize("improvement, objective, trains", [("reparam", "calql", True), ("awr", "iql", True),

@@ -20,12 +20,12 @@ from torch import nn
 from pa_rl.buffer import Batch
 from pa_rl.critic import CriticConfig, QEnsemble, make_target, polyak_update
 from pa_rl.encoders import EncoderConfig, Standardize, fit_standardization, make_encoder
-from pa_rl.observations import Obs, ObsSpec, cat_obs, map_obs, to_tensor
-from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerConfig, sample_actions
+from pa_rl.observations import Obs, ObsSpec, batch_size, cat_obs, map_obs, to_tensor
+from pa_rl.optimize import ActionOptimizer, Candidates, ChooseMode, OptimizerConfig, evaluating, sample_actions
 from pa_rl.policies.base import Policy
 from pa_rl.validation import require
 
-ActMode = Literal["argmax", "softmax", "uniform", "policy"]
+ActMode = Literal["argmax", "softmax", "uniform", "policy", "deterministic"]
 PolicyImprovement = Literal["distill", "reparam", "awr"]
 # What each policy step needs from the policy class beyond the PA-RL contract.
 REQUIRED_METHODS: dict[str, tuple[str, ...]] = {"distill": (), "reparam": ("rsample",), "awr": ("log_prob",)}
@@ -218,17 +218,30 @@ class Agent(nn.Module):
         """Flat actions ``[B, H·A]`` → the policy's shape (``[B, A]``, or ``[B, H, A]`` for chunks)."""
         return actions.reshape(len(actions), *self.action_shape)
 
+    @property
+    def has_deterministic_action(self) -> bool:
+        """Whether the policy defines ``deterministic_action`` (act mode "deterministic")."""
+        return callable(getattr(self.policy, "deterministic_action", None))
+
     def act(self, obs: object, mode: ActMode = "argmax") -> torch.Tensor:
         """Actions for a batch of observations (arrays, tensors or mappings of them; one unbatched
         observation gives one action): the PA-RL policy π̂ (``argmax``/``softmax``/``uniform``
-        choice among the optimized candidates) or one raw sample of the base ``policy``. With chunks,
-        each action is a ``[H, A]`` chunk to execute in order."""
+        choice among the optimized candidates), one raw sample of the base ``policy``, or the base policy's
+        ``deterministic`` action (for classes that define ``deterministic_action``, e.g. the Gaussian's
+        tanh(μ)). With chunks, each action is a ``[H, A]`` chunk to execute in order."""
         obs_t, single = to_tensor(obs, self.obs_spec, self.device)
-        if mode == "policy":
+        if mode == "deterministic":
+            if not self.has_deterministic_action:
+                raise TypeError(f"act mode 'deterministic' needs deterministic_action() on the policy, which "
+                                f"{type(self.policy).__name__} lacks; use 'policy' (one sample) or 'argmax' (π̂)")
+            with torch.no_grad(), evaluating(self.policy):
+                actions = self.policy.deterministic_action(obs_t).reshape(batch_size(obs_t), -1)
+        elif mode == "policy":
             actions = sample_actions(self.policy, obs_t, 1, self.action_shape)[:, 0]
-            actions = torch.maximum(torch.minimum(actions, self.chunk_high), self.chunk_low)
         else:
             actions = self.optimize_actions(obs_t, critic=self.acting_critic).choose(mode)
+        if mode in ("deterministic", "policy"):  # π̂'s candidates are clipped by the optimizer
+            actions = torch.maximum(torch.minimum(actions, self.chunk_high), self.chunk_low)
         actions = self.shaped(actions)
         return actions[0] if single else actions
 

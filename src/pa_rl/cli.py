@@ -136,7 +136,8 @@ def summary_table(summary: dict) -> str:
     if summary.get("environment", True):
         rows = ["| after | policy | success | return |", "|---|---|---|---|"]
         for phase, label in phases:
-            for mode, mode_label in (("policy", "base policy"), ("pa_rl", "PA-RL π̂ (argmax)")):
+            for mode, mode_label in (("policy", "base policy"), ("deterministic", "base policy, deterministic"),
+                                     ("pa_rl", "PA-RL π̂ (argmax)")):
                 metrics = summary.get(phase, {})
                 if f"eval/{mode}_success" in metrics:
                     rows.append(f"| {label} | {mode_label} | {metrics[f'eval/{mode}_success']:.0%} "
@@ -160,8 +161,9 @@ def _eval(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="pa-rl eval", description="Evaluate a saved run.")
     parser.add_argument("run", type=Path)
     parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--mode", choices=["argmax", "softmax", "policy"], default="argmax",
-                        help="PA-RL action selection (argmax/softmax) or the raw base policy")
+    parser.add_argument("--mode", choices=["argmax", "softmax", "policy", "deterministic"], default="argmax",
+                        help="PA-RL action selection (argmax/softmax), one sample of the raw base policy, or its "
+                             "deterministic action (classes that define one, e.g. gaussian's tanh(mean))")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="override the run's device")
     parser.add_argument("--video", type=Path, default=None, help="write an mp4 of the first episodes here")

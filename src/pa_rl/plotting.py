@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PANELS = (("success", "success rate"), ("return", "return (env reward)"), ("length", "episode length"))
-MODES = (("pa_rl", "-", "PA-RL action selection"), ("policy", "--", "base policy"))
+MODES = (("pa_rl", "-", "PA-RL action selection"), ("policy", "--", "base policy"),
+         ("deterministic", "-.", "base policy, deterministic"))
 # The critic diagnostic (pa_rl.diagnostics): one panel each, with the level that means "no information".
 DIAGNOSTIC_PANELS = (
     ((("diag/q_mean", "-", "Q(s, a) held out"), ("diag/mc_mean", ":", "Monte-Carlo return")), "critic calibration",

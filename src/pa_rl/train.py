@@ -425,14 +425,19 @@ class Trainer:
     def _bar(self, total: int, desc: str) -> tqdm:
         return progress_bar(total, desc, self.config.progress, self.progress.step, dynamic_ncols=True, leave=False)
 
-    def evaluate(self, phase: str, modes: Sequence[tuple[str, ActMode]] = (("pa_rl", "argmax"), ("policy", "policy"))
-                 ) -> dict[str, float]:
-        """Success and return of the PA-RL policy π̂ (argmax) and of the raw base policy; once a
-        critic is being trained, the critic diagnostic too (:mod:`pa_rl.diagnostics`). Without an
-        environment only the diagnostic's held-out calibration: nothing else can be measured."""
+    def evaluate(self, phase: str) -> dict[str, float]:
+        """Success and return of the PA-RL policy π̂ (argmax; not after BC, whose critic is untrained), of
+        one raw sample of the base policy and, for classes that have one (the Gaussian), of its
+        deterministic action; once a critic is being trained, the critic diagnostic too
+        (:mod:`pa_rl.diagnostics`). Without an environment only the diagnostic's held-out calibration:
+        nothing else can be measured."""
         cfg = self.config
         seeds = [10_000 + cfg.seed * 1_000 + i for i in range(cfg.eval_episodes)]
         metrics: dict[str, float] = {}
+        modes: list[tuple[str, ActMode]] = [] if phase == "bc" else [("pa_rl", "argmax")]
+        modes.append(("policy", "policy"))
+        if self.agent.has_deterministic_action:
+            modes.append(("deterministic", "deterministic"))
         for label, mode in modes if self.make_env is not None else ():
             result = evaluate(self._eval_envs, lambda obs, mode=mode: self.agent.act(obs, mode).cpu().numpy(), seeds,
                               cfg.max_episode_steps)
@@ -620,16 +625,15 @@ class Trainer:
         Each phase ends with an evaluation, then a checkpoint that starts the next phase.
         """
         cfg = self.config
-        phases = {"bc": (cfg.bc_steps, self.behaviour_cloning, (("policy", "policy"),)),
-                  "offline": (cfg.offline_steps, self.offline_rl, (("pa_rl", "argmax"), ("policy", "policy"))),
-                  "online": (cfg.online_env_steps, self.online_rl, (("pa_rl", "argmax"), ("policy", "policy")))}
+        phases = {"bc": (cfg.bc_steps, self.behaviour_cloning), "offline": (cfg.offline_steps, self.offline_rl),
+                  "online": (cfg.online_env_steps, self.online_rl)}
         try:
-            for name, (budget, phase, modes) in phases.items():
+            for name, (budget, phase) in phases.items():
                 if PHASES.index(name) < PHASES.index(self.progress.phase):
                     continue
                 if budget:
                     phase()
-                    self.summary[name] = self.evaluate(name, modes)
+                    self.summary[name] = self.evaluate(name)
                 self.progress = dataclasses.replace(self.progress, phase=PHASES[PHASES.index(name) + 1], step=0)
                 self.save_checkpoint()
             progress = self._progress_now()

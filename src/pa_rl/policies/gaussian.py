@@ -78,6 +78,12 @@ class GaussianPolicy(nn.Module):
         log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))
         return self.scaler.unnormalize(torch.tanh(u)), (log_normal - log_det).sum(-1)
 
+    def deterministic_action(self, obs: Obs) -> torch.Tensor:
+        """tanh(μ(s)) in env units (``[B, A]``, or ``[B, H, A]`` for chunks): the action that SAC, Cal-QL and
+        IQL implementations evaluate with (d3rlpy's ``predict``); ``Agent.act(obs, "deterministic")``."""
+        mean, _ = self.distribution(obs)
+        return self.scaler.unflatten(self.scaler.unnormalize(torch.tanh(mean)))
+
     def sample(self, obs: Obs, num_samples: int) -> torch.Tensor:
         mean, std = self.distribution(obs)
         noise = torch.randn(mean.shape[0], num_samples, mean.shape[-1], device=mean.device)
