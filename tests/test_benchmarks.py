@@ -94,11 +94,15 @@ def test_methods_change_only_what_they_name() -> None:
         return suite.cell_config("pointmaze-umaze", method, 1, suite.Budgets(bc_steps=7), Path("r"), Path("d"))
 
     parl, calql, iql = config("parl-diffusion"), config("calql-gaussian"), config("iql-gaussian")
-    assert parl.train.bc_steps == calql.train.bc_steps == iql.train.bc_steps == 7
+    assert parl.train.bc_steps == iql.train.bc_steps == 7
     assert parl.train.online_env_steps == calql.train.online_env_steps == suite.cpu().train.online_env_steps
-    # The baselines act with their own actor and train it offline by the library's defaults for them.
+    # The baselines act with their own actor and train it offline by the library's defaults for them;
+    # Cal-QL as d3rlpy's defaults: no BC pre-training, conservative weight 5, one actor draw per state.
     assert (calql.policy, calql.agent.policy_improvement, calql.train.collect_mode) == ("gaussian", "reparam", None)
-    assert calql.agent.optimizer.top_k == calql.agent.optimizer.num_samples and calql.agent.optimizer.local_steps == 0
+    assert (calql.train.bc_steps, calql.agent.cql_alpha) == (0, 5.0)
+    optimizer = calql.agent.optimizer
+    assert (optimizer.num_samples, optimizer.top_k, optimizer.local_steps, optimizer.objective) == (1, 1, 0, "min")
+    assert suite.METHODS["calql-gaussian"].score_mode == suite.METHODS["iql-gaussian"].score_mode == "deterministic"
     assert (iql.agent.objective, iql.agent.policy_improvement) == ("iql", "awr")
     assert config("bc-diffusion").train.online_env_steps == 0
     n16 = config("parl-diffusion-n16").agent.optimizer
