@@ -199,14 +199,15 @@ else
 fi
 step prepare 120 bash "$SELF" __call prepare || true
 run_train hf-umaze pointmaze-umaze 180
-step speed-hf 100 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy hf --hf-model "$MODEL" \
+step speed-hf 100 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy hf --no-compile \
+    --hf-model "$MODEL" \
     --json "$WORK/logs/speed-hf.json" || true
 if [[ -n "$PIXELS_PID" ]]; then
     wait "$PIXELS_PID" && echo "| data-pixels | 0 | (beside) |" >> "$WORK/steps.md" \
         || echo "| data-pixels | $? | (beside) |" >> "$WORK/steps.md"
 fi
 run_train hf-pixels pointmaze-umaze-pixels 180
-step speed 120 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy all \
+step speed 120 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy all --no-compile \
     --json "$WORK/logs/speed-classes.json" || true
 # Issue 15 part 4: eager vs torch.compile'd critic on CUDA (last: it gets what time is left)
 step speed-compile 90 "$PYTHON" benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --policy diffusion --compile \

@@ -3,7 +3,7 @@
     python benchmarks/speed.py [--device cpu|cuda] [--policy all] [--config default cpu] [--json out.json]
     python benchmarks/speed.py --obs pixels --config cpu --policy diffusion   # images: encoder share too
     python benchmarks/speed.py --policy hf --hf-model FOLDER --config cpu     # a Hugging Face model (make_tiny_hf.py)
-    python benchmarks/speed.py --compile --config cpu --policy diffusion     # A/B: eager vs torch.compile'd critic
+    python benchmarks/speed.py --no-compile                                   # without the torch.compile A/B rows
 
 Configs (policy configs are always the class defaults, e.g. DiffusionConfig()):
   default  AgentConfig() as is = the spec defaults: N = 32 samples, top k = 10, T = 10 local steps,
@@ -24,7 +24,7 @@ The hf policy (a pretrained model, LoRA 8 by HFConfig's defaults) needs --hf-mod
 With --obs pixels the observations are pointmaze-umaze-pixels' (uint8 64×64×3 camera, 2-d velocity,
 64-byte instruction; 2-d actions), and each row also says how much of its GFLOP runs in the forward
 passes of the encoders (policy's, critic's, target critic's) and how many ms those take.
-With --compile each row that runs the critic (update, cached, optimize) is measured twice in one
+By default (--no-compile skips it) each row that runs the critic (update, cached, optimize) is measured twice in one
 loop, alternating call by call: the agent as configured and a copy with the same weights and
 ``compile_critic=True`` (rows "<step> compiled", with the speed-up over the row above); load drift then
 hits both sides alike. The compiled side's compilation happens in its warm-up calls, not in the times.
@@ -269,8 +269,9 @@ def main() -> None:
                         help="vector: --obs-dim floats; pixels: pointmaze-umaze-pixels' observations")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write machine info and rows to this path")
-    parser.add_argument("--compile", action="store_true",
-                        help="A/B: also time update, cached and optimize with the critic torch.compile'd")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="A/B: also time update, cached and optimize with the critic torch.compile'd "
+                             "(compiling adds seconds to minutes per policy and config)")
     parser.add_argument("--hf-model", default="", help="the hf policy's model: a folder or Hub id (--hf.model)")
     args = parser.parse_args()
     if args.policy == "hf" and not args.hf_model:
