@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,10 +62,20 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert "| pointmaze-umaze | bestofn-diffusion | pa_rl |" in text  # the score table
     assert "| pointmaze-umaze | bestofn-diffusion: " in text  # the sample-efficiency table (its own target)
     assert "| pointmaze-umaze | bestofn-diffusion | " in text.split("### Phases and peak memory")[1]  # with its memory
-    # The stability row: best offline evaluation, end of online, drop; and a Wilson interval beside each mean.
+    # The stability row: best offline evaluation, end of online, drop; and an interval beside each mean.
     assert "| pointmaze-umaze | bestofn-diffusion | 0 |" in text and "more than 15 points below" in text
-    assert report.wilson(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
     assert png.stat().st_size > 1000
+
+
+def test_intervals_see_episode_noise_and_seeds_that_disagree() -> None:
+    assert report.wilson(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)
+    # Seeds that agree: the episodes' Wilson interval. Seeds that disagree: the t-interval over seeds is wider.
+    assert report.interval([0.5, 0.5, 0.5], 50) == pytest.approx(report.wilson(0.5, 150))
+    low, high = report.interval([0.1, 0.9, 0.7], 50)
+    half = 4.303 * statistics.stdev([0.1, 0.9, 0.7]) / 3 ** 0.5
+    assert (low, high) == pytest.approx((max(0.0, 0.5667 - half), min(1.0, 0.5667 + half)), abs=1e-3)
+    assert high - low > 0.5 > report.wilson(0.5667, 150)[1] - report.wilson(0.5667, 150)[0]
+    assert report.t975(30) == pytest.approx(2.042, abs=0.01)
 
 
 def test_parallel_jobs_give_the_cells_of_a_sequential_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
