@@ -87,8 +87,8 @@ class AgentConfig:
     standardize_observations: bool = True
     # torch.compile the critic ensemble's network (and its target's, IQL's value's): fuses its
     # elementwise ops. Off by default: at the cpu preset on this project's CPU it did not win
-    # (0.84–1.17× per step, BENCHMARKS.md "torch.compile"); on CUDA it is unmeasured.
-    # `python benchmarks/speed.py --compile` measures both on your machine.
+    # (0.74–1.19× per step, BENCHMARKS.md "torch.compile"); on CUDA it is unmeasured.
+    # `python benchmarks/speed.py` times both on your machine.
     compile_critic: bool = False
     critic: CriticConfig = field(default_factory=CriticConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
