@@ -176,20 +176,21 @@ def bench_policy(name: str, config_name: str, args: argparse.Namespace, device: 
             "bc": lambda: agent.bc_update(batch),
         }
 
-    twin = None
-    if args.compile:  # the same weights, the critic compiled: the B side of each critic row
+    twin_calls: dict[str, Callable[[], object]] = {}
+    if args.compile:  # the same weights, the critic compiled: the B side of each row that runs the critic
         twin = Agent(make_policy(name, spec, low, high, policy_config), spec, low, high,
                      replace(cfg, compile_critic=True), device)
         twin.load_state_dict(agent.state_dict())
+        twin_calls = {step: fn for step, fn in calls(twin).items() if step in ("update", "cached", "optimize")}
     encoders = [m for m in (agent.policy.encoder, agent.critic.encoder, agent.target_critic.encoder)
                 if args.obs == "pixels"]
     rows = []
-    for (step, fn), twin_fn in zip(calls(agent).items(), calls(twin).values() if twin else [None] * 5):
+    for step, fn in calls(agent).items():
         flops = count_flops(fn)
         matmul = matmul_gflops(device)
-        compiled = twin_fn is not None and step in ("update", "cached", "optimize")
+        compiled = step in twin_calls
         if compiled:
-            seconds, twin_seconds = paired_median_seconds((fn, twin_fn), device, args.warmup, args.repeats)
+            seconds, twin_seconds = paired_median_seconds((fn, twin_calls[step]), device, args.warmup, args.repeats)
         else:
             seconds = median_seconds(fn, device, args.warmup, args.repeats)
         row = {"config": config_name, "policy": name, "step": step, "ms": 1e3 * seconds, "per_s": 1 / seconds,
