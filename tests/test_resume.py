@@ -118,6 +118,21 @@ def test_a_checkpoint_from_another_config_or_version_is_refused(tmp_path: Path, 
         small_run(tmp_path, resume=True)
 
 
+def test_a_checkpoint_from_before_a_field_existed_reads_it_as_its_default(tmp_path: Path) -> None:
+    """A config field added later (its default is the behaviour from before it) keeps older checkpoints
+    resumable; a run that sets such a field otherwise is still told apart."""
+    small_run(tmp_path).run()
+    store = CheckpointStore(tmp_path / "run" / "checkpoints")
+    _, checkpoint = store.load_latest()
+    del checkpoint["configs"]["train"]["reward_scale"]  # 1.0 in this run: its default
+    store.save(checkpoint)
+    small_run(tmp_path, resume=True)
+    del checkpoint["configs"]["agent"]["critic"]["ensemble_size"]  # 2 in this run, 10 by default
+    store.save(checkpoint)
+    with pytest.raises(CheckpointError, match=r"another config: agent\.critic\.ensemble_size \(checkpoint 10, now 2\)"):
+        small_run(tmp_path, resume=True)
+
+
 def test_store_keeps_the_newest_k_and_falls_back_past_damaged_files(tmp_path: Path, caplog) -> None:
     store = CheckpointStore(tmp_path, keep=2)
     for i in range(4):

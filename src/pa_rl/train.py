@@ -198,13 +198,14 @@ def check_env(env: gym.Env, obs_spec: ObsSpec, action_low: np.ndarray, action_hi
 
 def configs_of(agent: Agent, config: TrainConfig) -> dict[str, Any]:
     """What a checkpoint must have been trained with to be resumed by this agent and config. Not the
-    sampler: it decides how samples are computed, not which run this is (and leaving it out keeps
-    checkpoints written before it existed resumable)."""
+    sampler nor ``compile_critic``: they decide how the same numbers are computed, not which run this is."""
     policy_config = getattr(agent.policy, "config", None)
     train = to_jsonable(dataclasses.replace(config, progress=True))
     for name in ("sampler", "sampler_max_staleness"):
         train.pop(name)
-    return {"agent": to_jsonable(agent.config), "train": train,
+    agent_config = to_jsonable(agent.config)
+    agent_config.pop("compile_critic")
+    return {"agent": agent_config, "train": train,
             "policy": {"class": type(agent.policy).__name__, "config": to_jsonable(policy_config)}}
 
 
@@ -219,11 +220,31 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the fields where two ``to_jsonable`` trees differ."""
+def declared_defaults(config: Any) -> Any:
+    """The ``to_jsonable`` tree of a dataclass's declared field defaults, nested dataclasses recursed.
+    A checkpoint written before a field existed is read as having used its default: a new field must
+    default to the behaviour from before it, so such a checkpoint stays resumable."""
+    if not dataclasses.is_dataclass(config):
+        return None
+    defaults = {}
+    for f in dataclasses.fields(config):
+        if dataclasses.is_dataclass(value := getattr(config, f.name)):
+            defaults[f.name] = declared_defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            defaults[f.name] = to_jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = to_jsonable(f.default_factory())
+    return defaults
+
+
+def differences(saved: Any, current: Any, defaults: Any = None, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two ``to_jsonable`` trees differ; a field ``saved`` lacks is read
+    from ``defaults`` (a ``declared_defaults`` tree) where that has it."""
     if isinstance(saved, dict) and isinstance(current, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         return [d for key in sorted(set(saved) | set(current))
-                for d in differences(saved.get(key), current.get(key), f"{prefix}{key}.")]
+                for d in differences(saved[key] if key in saved else defaults.get(key), current.get(key),
+                                     defaults.get(key), f"{prefix}{key}.")]
     return [] if saved == current else [f"{prefix[:-1]} (checkpoint {saved!r}, now {current!r})"]
 
 
@@ -341,7 +362,9 @@ class Trainer:
         if checkpoint["pa_rl_version"] != pa_rl.__version__:
             raise CheckpointError(f"{path} was written by pa-rl {checkpoint['pa_rl_version']}, this is "
                                   f"{pa_rl.__version__}: resume with that version, or start a new run")
-        changed = differences(checkpoint["configs"], configs_of(self.agent, self.config))
+        defaults = {"agent": declared_defaults(self.agent.config), "train": declared_defaults(self.config),
+                    "policy": {"config": declared_defaults(getattr(self.agent.policy, "config", None))}}
+        changed = differences(checkpoint["configs"], configs_of(self.agent, self.config), defaults)
         if changed:
             raise CheckpointError(f"{path} was written with another config: {'; '.join(changed[:5])}. Resume with "
                                   "the run's own config (pa-rl train --resume RUN), or start a new run")
