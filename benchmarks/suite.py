@@ -32,8 +32,9 @@ import shlex
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -510,25 +511,45 @@ def main(argv: Sequence[str] | None = None) -> None:
             ensure_dataset(config)
             ensure_hf_model(config)
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch or CUDA state
+    failed: list[str] = []
     with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.threads,)) \
             if args.jobs > 1 else contextlib.nullcontext() as pool:
-        running: set[Future[Path]] = set()
+        running: dict[Future[Path], str] = {}
+
+        def settle(return_when: str) -> None:
+            """Wait for running cells; report each failure at once, so a failed cell neither hides its error
+            until the others end nor holds its slot."""
+            finished, _ = wait(running, return_when=return_when)
+            for future in finished:
+                if future.exception() is not None:
+                    failed.append(report_failure(running[future], future.exception()))
+                del running[future]
+
         for index, (task, method, seed) in enumerate(cells, 1):
-            while len(running) >= args.jobs:  # wait for a free slot: --stop-by judges a cell when it starts
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    future.result()  # a failed cell stops the suite with its error
+            if len(running) >= args.jobs:  # wait for a free slot: --stop-by judges a cell when it starts
+                settle(FIRST_COMPLETED)
             tag = f"[{index}/{len(cells)}]"
             if args.stop_by is not None and too_late(args.results, task, method, seed, args.device, args.stop_by, tag):
                 continue
             cell = (task, method, seed, budgets, args.results, runs_dir, args.data_dir, command, args.device, tag,
                     args.tier)
-            if pool is None:
+            if pool is not None:
+                running[pool.submit(run_cell, *cell)] = f"{tag} {cell_name(task, method, seed)}"
+                continue
+            try:
                 run_cell(*cell)
-            else:
-                running.add(pool.submit(run_cell, *cell))
-        for future in running:
-            future.result()
+            except (Exception, SystemExit) as error:  # the suite goes on, and says so at the end
+                failed.append(report_failure(f"{tag} {cell_name(task, method, seed)}", error))
+        settle(ALL_COMPLETED)
+    if failed:
+        raise SystemExit(f"error: {len(failed)} cell(s) failed (tracebacks above): {', '.join(failed)}")
+
+
+def report_failure(cell: str, error: BaseException) -> str:
+    """Print a failed cell's traceback (a worker's included) now; return the cell's name for the summary."""
+    print(f"{cell} {clock()} FAILED:\n{''.join(traceback.format_exception(error)).rstrip()}", file=sys.stderr,
+          flush=True)
+    return cell.split()[-1]
 
 
 def too_late(results: Path, task: str, method: str, seed: int, device: str, stop_by: datetime.datetime,

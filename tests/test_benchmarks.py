@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import statistics
 import sys
 from collections.abc import Iterator
@@ -53,8 +54,9 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
 
     suite.main(argv)  # a finished cell is skipped, not re-run
     assert "skip pointmaze-umaze__bestofn-diffusion__s0" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="another config"):  # ...unless its budget changed
+    with pytest.raises(SystemExit, match="1 cell\\(s\\) failed"):  # ...unless its budget changed
         suite.main([*argv, "--bc-steps", "21"])
+    assert "another config" in capsys.readouterr().err
 
     out, png = tmp_path / "report.md", tmp_path / "curves.png"
     report.main(["--results", str(results), "--out", str(out), "--png", str(png)])
@@ -78,13 +80,20 @@ def test_intervals_see_episode_noise_and_seeds_that_disagree() -> None:
     assert report.t975(30) == pytest.approx(2.042, abs=0.01)
 
 
-def test_parallel_jobs_give_the_cells_of_a_sequential_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_jobs_give_the_cells_of_a_sequential_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
     assert pa_rl(["data", "make", "pointmaze-umaze", "--size", "3000", "--out", str(tmp_path / "datasets")]) == 0
     common = ["--tasks", "pointmaze-umaze", "--methods", "bc-gaussian", "--data-dir", str(tmp_path / "datasets"), *TINY]
     suite.main([*common, "--seeds", "1", "--results", str(tmp_path / "one"), "--runs-dir", str(tmp_path / "r1")])
-    suite.main([*common, "--seeds", "0", "1", "--jobs", "2", "--results", str(tmp_path / "two"),
-                "--runs-dir", str(tmp_path / "r2")])
+    # Seed 2's result is another run's (seed 1's): that cell fails at once, and the others still run.
+    (tmp_path / "two").mkdir()
+    shutil.copy(tmp_path / "one" / "pointmaze-umaze__bc-gaussian__s1.json",
+                tmp_path / "two" / "pointmaze-umaze__bc-gaussian__s2.json")
+    with pytest.raises(SystemExit, match="1 cell\\(s\\) failed.*: pointmaze-umaze__bc-gaussian__s2$"):
+        suite.main([*common, "--seeds", "2", "0", "1", "--jobs", "2", "--results", str(tmp_path / "two"),
+                    "--runs-dir", str(tmp_path / "r2")])
+    assert "another config" in capsys.readouterr().err
     alone, beside = (json.loads((tmp_path / d / "pointmaze-umaze__bc-gaussian__s1.json").read_text()) for d in ("one", "two"))
     assert (tmp_path / "two" / "pointmaze-umaze__bc-gaussian__s0.json").exists()
     assert beside["summary"]["bc"] == alone["summary"]["bc"] and beside["evaluations"] == alone["evaluations"]
