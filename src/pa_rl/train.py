@@ -196,17 +196,22 @@ def check_env(env: gym.Env, obs_spec: ObsSpec, action_low: np.ndarray, action_hi
                         "and use data recorded in this env")
 
 
+# Fields that decide how the same numbers are computed, not which run this is: a run may resume with others.
+HOW_NOT_WHAT = {"train": ("sampler", "sampler_max_staleness"), "agent": ("compile_critic",)}
+
+
 def configs_of(agent: Agent, config: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint must have been trained with to be resumed by this agent and config. Not the
-    sampler nor ``compile_critic``: they decide how the same numbers are computed, not which run this is."""
+    """What a checkpoint must have been trained with to be resumed by this agent and config."""
     policy_config = getattr(agent.policy, "config", None)
     train = to_jsonable(dataclasses.replace(config, progress=True))
-    for name in ("sampler", "sampler_max_staleness"):
-        train.pop(name)
-    agent_config = to_jsonable(agent.config)
-    agent_config.pop("compile_critic")
-    return {"agent": agent_config, "train": train,
-            "policy": {"class": type(agent.policy).__name__, "config": to_jsonable(policy_config)}}
+    return identity({"agent": to_jsonable(agent.config), "train": train,
+                     "policy": {"class": type(agent.policy).__name__, "config": to_jsonable(policy_config)}})
+
+
+def identity(configs: dict[str, Any]) -> dict[str, Any]:
+    """``configs`` (a ``configs_of`` tree, maybe a checkpoint's) without the ``HOW_NOT_WHAT`` fields."""
+    return {part: {key: value for key, value in tree.items() if key not in HOW_NOT_WHAT.get(part, ())}
+            for part, tree in configs.items()}
 
 
 def to_jsonable(value: Any) -> Any:
@@ -364,7 +369,7 @@ class Trainer:
                                   f"{pa_rl.__version__}: resume with that version, or start a new run")
         defaults = {"agent": declared_defaults(self.agent.config), "train": declared_defaults(self.config),
                     "policy": {"config": declared_defaults(getattr(self.agent.policy, "config", None))}}
-        changed = differences(checkpoint["configs"], configs_of(self.agent, self.config), defaults)
+        changed = differences(identity(checkpoint["configs"]), configs_of(self.agent, self.config), defaults)
         if changed:
             raise CheckpointError(f"{path} was written with another config: {'; '.join(changed[:5])}. Resume with "
                                   "the run's own config (pa-rl train --resume RUN), or start a new run")
