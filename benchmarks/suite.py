@@ -42,7 +42,7 @@ from typing import Any, Literal
 import torch
 
 from pa_rl.presets import cpu
-from pa_rl.runs import RunConfig, build_agent, ensure_dataset, resolve_dataset
+from pa_rl.runs import RunConfig, build_agent, ensure_dataset, lock_run, resolve_dataset
 from pa_rl.train import differences, to_jsonable, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -402,19 +402,24 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
         print(f"{tag}skip {config.name}: {out} exists", flush=True)
         return out
     run_dir = config.run_dir
-    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # a cell killed before its first checkpoint: start it again
-    print(f"{tag}{clock()} start {config.name}{' (resuming)' if resume else ''}: {method.summary}", flush=True)
-    ensure_hf_model(config)
-    reset_peak_rss()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    data = resolve_dataset(config)
-    agent = build_agent(config, data)
-    result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
-    wall = time.perf_counter() - start
+    with lock_run(run_dir):  # a second suite running this cell is refused, not interleaved with this one
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        if not resume:  # a cell killed before its first checkpoint: start it again
+            for stale in run_dir.iterdir():
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                elif stale.name != ".lock":
+                    stale.unlink()
+        print(f"{tag}{clock()} start {config.name}{' (resuming)' if resume else ''}: {method.summary}", flush=True)
+        ensure_hf_model(config)
+        reset_peak_rss()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        data = resolve_dataset(config)
+        agent = build_agent(config, data)
+        result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+        wall = time.perf_counter() - start
     summary = result.summary
     offline_phase = "offline" if config.train.offline_steps else "bc"
     offline = score(summary, offline_phase, method.score_mode)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pa_rl.cli import main as pa_rl
+from pa_rl.runs import lock_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import report  # noqa: E402
@@ -100,6 +101,15 @@ def test_parallel_jobs_give_the_cells_of_a_sequential_run(tmp_path: Path, monkey
     assert beside["machine"]["torch_threads"] == 1  # each worker process keeps --threads
     with pytest.raises(SystemExit, match="--jobs must be at least 1"):
         suite.main([*common, "--jobs", "0"])
+
+
+def test_a_cell_another_process_is_writing_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    with lock_run(runs / "pointmaze-umaze__bc-gaussian__s0"):  # as a second suite running the same cell holds it
+        with pytest.raises(SystemExit, match=r"1 cell\(s\) failed.*: pointmaze-umaze__bc-gaussian__s0$"):
+            suite.main(["--tasks", "pointmaze-umaze", "--methods", "bc-gaussian", "--seeds", "0", "--results",
+                        str(tmp_path / "results"), "--runs-dir", str(runs), "--data-dir", str(tmp_path), *TINY])
+    assert "is in use by process" in capsys.readouterr().err
 
 
 def test_unknown_names_stop_with_the_valid_ones() -> None:
