@@ -283,6 +283,7 @@ def test_cached_policy_samples_replace_sampling_in_updates() -> None:
     resumed = ReplayBuffer.from_episodes(episodes, gamma=0.9)
     resumed.cache_policy_samples(agent.sample_policy)
     resumed.load_policy_cache(saved)
+    assert resumed._undrawn == int((~saved["drawn"]).sum()) > 0
     torch.set_rng_state(rng)
     generator = torch.Generator().manual_seed(1)
     assert all(torch.equal(resumed.sample(64, generator).next_policy_samples, b) for b in later)
@@ -291,6 +292,7 @@ def test_cached_policy_samples_replace_sampling_in_updates() -> None:
     for _ in range(100):
         buffer.sample(64)
     assert buffer._drawn.all() and CountingPolicy.states == 100 + len(episodes)
+    assert buffer._undrawn == 0  # from now on a batch reads no mask of drawn slots (a device sync on CUDA)
     # The samples handed out are those of the batch's states: mark each slot's draws with its index.
     marked = buffer.policy_samples
     buffer.policy_samples = torch.arange(len(marked), dtype=torch.float32)[:, None, None].expand_as(marked)

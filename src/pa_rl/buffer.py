@@ -136,6 +136,7 @@ class ReplayBuffer:
         self.policy_samples: torch.Tensor | None = None
         self._draw: Callable[[Obs], torch.Tensor] | None = None
         self._drawn: torch.Tensor | None = None  # [size] bool: slots whose draws are in policy_samples
+        self._undrawn = 0  # slots not drawn yet, on the host: once 0, a batch reads no mask (no device sync)
         self._valid_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -238,13 +239,17 @@ class ReplayBuffer:
         """
         self._draw, self.policy_samples = sample, None
         self._drawn = torch.zeros(self.size, dtype=torch.bool, device=self.device)
+        self._undrawn = self.size
 
     def _draw_missing(self, slots: torch.Tensor) -> None:
         """Draw, in one batched call, for the slots among ``slots`` not drawn yet (in sorted order, so
         the same history of batches and RNG gives the same cache)."""
-        missing = slots[~self._drawn[slots]].unique()
+        if self._undrawn == 0:
+            return
+        missing = slots[~self._drawn[slots]].unique()  # data-dependent size: a sync on CUDA, until all are drawn
         if len(missing) == 0:
             return
+        self._undrawn -= len(missing)
         draws = self._draw(map_obs(lambda t: t[missing], self.obs))
         if self.policy_samples is None:
             self.policy_samples = draws.new_zeros(self.size, *draws.shape[1:])
@@ -266,6 +271,7 @@ class ReplayBuffer:
         if len(state["drawn"]) != self.size:
             raise ValueError(f"the policy-sample cache covers {len(state['drawn'])} slots, this buffer holds {self.size}")
         self._drawn = state["drawn"].to(self.device)
+        self._undrawn = int((~state["drawn"]).sum())
         self.policy_samples = None if state["samples"] is None else state["samples"].to(self.device)
 
     def drop_policy_samples(self) -> None:
