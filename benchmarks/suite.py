@@ -4,7 +4,9 @@ Every method runs through the same library code, data, seeds and budgets (the ``
 batches of ``SUITE_BATCH_SIZE``, every budget overridable); a method is only a change of the run's
 config. Each finished cell writes one JSON file to the results folder; a cell whose JSON exists is
 skipped, so a killed suite resumes where it stopped (a cell cut mid-run continues from its last
-phase checkpoint).
+phase checkpoint). A cell that fails prints its traceback at once and the others go on; the suite
+then exits non-zero naming it. A cell holds its run folder's lock while it trains: a second suite
+started on the same cell is refused that cell, not interleaved with the first.
 
     python benchmarks/suite.py --tasks pointmaze-umaze --methods main --seeds 0 1 2
     python benchmarks/suite.py --tasks pointmaze-umaze --methods parl-diffusion --seeds 0 --bc-steps 1000
