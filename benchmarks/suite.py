@@ -45,7 +45,7 @@ import torch
 
 from pa_rl.presets import cpu
 from pa_rl.runs import RunConfig, build_agent, ensure_dataset, lock_run, resolve_dataset
-from pa_rl.train import differences, to_jsonable, train
+from pa_rl.train import Trainer, differences, to_jsonable
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_TASKS = ("pointmaze-umaze", "pointmaze-medium", "pointmaze-large",
@@ -420,8 +420,10 @@ def run_cell(task: str, method_name: str, seed: int, budgets: Budgets, results: 
         start = time.perf_counter()
         data = resolve_dataset(config)
         agent = build_agent(config, data)
-        result = train(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
-        wall = time.perf_counter() - start
+        trainer = Trainer(agent, data.episodes, lambda: data.make_env(eval_env=True), config.train, run_dir, resume)
+        earlier = trainer.progress.elapsed_s  # a resumed cell's training before this session: part of its cost
+        result = trainer.run()
+        wall = time.perf_counter() - start + earlier
     summary = result.summary
     offline_phase = "offline" if config.train.offline_steps else "bc"
     offline = score(summary, offline_phase, method.score_mode)

@@ -53,6 +53,13 @@ def test_one_cell_then_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert [e["env_steps"] for e in cell["evaluations"] if e["phase"] == "online"] == [30, 60]
     assert "eval/pa_rl_success" in cell["evaluations"][-1] and "--methods bestofn-diffusion" in cell["command"]
 
+    # A cell resumed from its checkpoint counts its earlier sessions' training in its wall clock.
+    (results / "pointmaze-umaze__bestofn-diffusion__s0.json").unlink()
+    suite.main(argv)
+    resumed = json.loads((results / "pointmaze-umaze__bestofn-diffusion__s0.json").read_text())
+    assert resumed["evaluations"] == cell["evaluations"] and resumed["online_score"] == cell["online_score"]
+    assert resumed["train_wall_clock_s"] == pytest.approx(cell["train_wall_clock_s"], rel=0.05)
+    assert resumed["wall_clock_s"] >= cell["train_wall_clock_s"]  # this session's few seconds, and the first's
     suite.main(argv)  # a finished cell is skipped, not re-run
     assert "skip pointmaze-umaze__bestofn-diffusion__s0" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="1 cell\\(s\\) failed"):  # ...unless its budget changed
